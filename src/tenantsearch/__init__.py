@@ -1,0 +1,3 @@
+"""tenantsearch: a multi-tenant search service."""
+
+__version__ = "0.1.0"

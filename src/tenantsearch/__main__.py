@@ -1,0 +1,5 @@
+"""``python -m tenantsearch``: the same as the ``tenantsearch`` command."""
+
+from tenantsearch.cli import main
+
+main()

@@ -1,0 +1,45 @@
+"""Operations endpoints: liveness, readiness, metrics. Unauthenticated; they show no tenant data."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tenantsearch.api.deps import ServicesDep
+from tenantsearch.errors import ServiceUnavailable
+
+router = APIRouter(tags=["operations"])
+
+READY_TIMEOUT_SECONDS = 2.0
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(services: ServicesDep) -> Response:
+    """Every dependency answers: 200, else 503 naming the failing ones."""
+    checks = {
+        "metadata": services.store.ping(),
+        "queue": services.queue.ping(),
+        "search": services.backend.ping(),
+    }
+    failing: list[str] = []
+    for name, check in checks.items():
+        try:
+            await asyncio.wait_for(check, READY_TIMEOUT_SECONDS)
+        except (ServiceUnavailable, TimeoutError):
+            failing.append(name)
+    if failing:
+        raise ServiceUnavailable(f"not ready: {', '.join(failing)} unavailable", code="not_ready")
+    return Response(b'{"status":"ready"}', media_type="application/json")
+
+
+@router.get("/metrics")
+async def metrics(services: ServicesDep) -> Response:
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,52 @@
+"""Search in one collection of the caller's tenant."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Response
+
+from tenantsearch.api.deps import Searcher, ServicesDep
+from tenantsearch.api.deps import visible_collection as collection_of
+from tenantsearch.api.schemas import SearchBody, SearchOut
+from tenantsearch.errors import FieldError, InvalidInput
+from tenantsearch.search.service import SearchRequest
+
+router = APIRouter(prefix="/v1/collections/{name}", tags=["search"])
+
+
+@router.post("/search", response_model=SearchOut)
+async def search(
+    name: str, body: SearchBody, principal: Searcher, services: ServicesDep
+) -> Response:
+    if body.limit > services.settings.max_search_limit:
+        raise InvalidInput(
+            f"limit is at most {services.settings.max_search_limit}",
+            code="invalid_query",
+            errors=[FieldError("/limit", f"at most {services.settings.max_search_limit}")],
+        )
+    collection = await collection_of(services, principal, name)
+    request = SearchRequest(
+        q=body.q,
+        filter=body.filter,
+        sort=body.sort,
+        facets=body.facets,
+        facet_size=body.facet_size,
+        limit=body.limit,
+        cursor=body.cursor,
+        highlight=body.highlight,
+    )
+    page = await services.search.search(collection, request)
+    result = page.result
+    hits = []
+    for hit in result.hits:
+        out: dict[str, object] = {"id": hit.id, "score": hit.score, "document": hit.document}
+        if hit.highlights is not None:
+            out["highlights"] = hit.highlights
+        hits.append(out)
+    payload = {
+        "hits": hits,
+        "total": result.total,
+        "facets": result.facets,
+        "next_cursor": page.next_cursor,
+    }
+    return Response(orjson.dumps(payload), media_type="application/json")

@@ -1,0 +1,147 @@
+"""The composition root: ``create_app(settings)`` picks every adapter and wires every service.
+
+This is the only module that decides which adapter implements a port. Nothing is created at import
+time; the lifespan builds clients on start-up and closes them on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import structlog
+from fastapi import FastAPI
+
+from tenantsearch import __version__
+from tenantsearch.api import problems
+from tenantsearch.api.deps import Services
+from tenantsearch.api.middleware import BodyLimit, RequestContext
+from tenantsearch.api.routes import collections, documents, keys, ops, search, tasks, tenants
+from tenantsearch.auth.service import AuthService, KeyService
+from tenantsearch.ingest.indexer import Indexer, IndexerConfig
+from tenantsearch.ingest.service import DocumentReader, TaskService, WriteLimits, WriteService
+from tenantsearch.observability.metrics import Metrics
+from tenantsearch.queue.port import Queue
+from tenantsearch.queue.sqlite import SqliteQueue
+from tenantsearch.search.collections import CollectionService
+from tenantsearch.search.port import SearchBackend
+from tenantsearch.search.service import SearchService
+from tenantsearch.search.tantivy_backend import TantivyBackend
+from tenantsearch.settings import QueueBackendKind, SearchBackendKind, Settings
+from tenantsearch.store.db import create_engine, migrate
+from tenantsearch.store.repository import MetadataStore
+from tenantsearch.tenants.service import TenantService
+
+log = structlog.get_logger(__name__)
+
+
+def build_backend(settings: Settings) -> SearchBackend:
+    match settings.search_backend:
+        case SearchBackendKind.TANTIVY:
+            return TantivyBackend(settings.data_dir / "indexes")
+
+
+def build_queue(settings: Settings, *, consumer: bool) -> Queue:
+    match settings.queue_backend:
+        case QueueBackendKind.SQLITE:
+            return SqliteQueue(
+                settings.data_dir / "queue.db",
+                max_deliveries=settings.indexer_max_deliveries + 1,
+                # The embedded server is the queue's only consumer: whatever a previous run had
+                # leased when it stopped (even by kill -9) is delivered again at once.
+                release_leases_on_start=consumer,
+            )
+
+
+def indexer_config(settings: Settings) -> IndexerConfig:
+    return IndexerConfig(
+        batch_documents=settings.indexer_batch_documents,
+        linger_seconds=settings.indexer_linger_ms / 1000,
+        max_deliveries=settings.indexer_max_deliveries,
+        task_retention=timedelta(days=settings.task_retention_days),
+    )
+
+
+def announce_admin_key(token: str) -> None:
+    """Print a generated admin key once, to the terminal, never to the logs."""
+    sys.stdout.write(
+        "\n"
+        "  A platform admin key was generated. It is shown only this once (only its hash is"
+        " kept):\n"
+        f"\n      {token}\n\n"
+        "  Set TENANTSEARCH_ADMIN_KEY (or TENANTSEARCH_ADMIN_KEY_FILE) to use your own instead.\n\n"
+    )
+    sys.stdout.flush()
+
+
+def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(settings.resolved_database_url)
+        await migrate(engine)
+        store = MetadataStore(engine)
+        backend = build_backend(settings)
+        queue = build_queue(settings, consumer=run_indexer)
+        await backend.start()
+        await queue.start()
+        admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+        auth = AuthService(store, admin_key=admin_key)
+        generated = await auth.bootstrap_admin_key()
+        if generated:
+            announce_admin_key(generated)
+        collections_service = CollectionService(store, backend, queue)
+        app.state.services = Services(
+            settings=settings,
+            store=store,
+            backend=backend,
+            queue=queue,
+            metrics=metrics,
+            auth=auth,
+            keys=KeyService(store),
+            tenants=TenantService(store, queue),
+            collections=collections_service,
+            writes=WriteService(
+                store,
+                queue,
+                WriteLimits(settings.max_document_bytes, settings.max_batch_documents),
+            ),
+            tasks=TaskService(store),
+            documents=DocumentReader(backend),
+            search=SearchService(backend),
+        )
+        indexer_task = None
+        indexer = None
+        if run_indexer:
+            indexer = Indexer(queue, backend, store, indexer_config(settings))
+            indexer_task = asyncio.create_task(indexer.run(), name="indexer")
+        log.info("started", version=__version__, data_dir=str(settings.data_dir))
+        try:
+            yield
+        finally:
+            if indexer is not None and indexer_task is not None:
+                indexer.stop()
+                await indexer_task
+            await queue.close()
+            await backend.close()
+            await store.close()
+            log.info("stopped")
+
+    app = FastAPI(
+        title="tenantsearch",
+        version=__version__,
+        description="A multi-tenant search service. Authenticate with "
+        "`Authorization: Bearer <api key>`; the tenant comes from the key.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    for module in (tenants, keys, collections, documents, search, tasks, ops):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext, metrics=metrics)  # added last: outermost
+    return app

@@ -1,0 +1,1 @@
+"""Identity and access: API keys, principals and the role-based access matrix."""

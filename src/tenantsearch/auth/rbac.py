@@ -1,0 +1,91 @@
+"""Who may do what: principals and the one role x action matrix.
+
+The matrix is the only place roles are interpreted; routes name the action they perform and
+:func:`authorize` decides. ``docs/security.md`` renders the same table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from tenantsearch.errors import Forbidden, NotFound
+from tenantsearch.store.records import Role
+
+
+class Action(StrEnum):
+    TENANTS_MANAGE = "tenants.manage"
+    KEYS_MANAGE = "keys.manage"
+    COLLECTIONS_READ = "collections.read"
+    COLLECTIONS_WRITE = "collections.write"
+    DOCUMENTS_READ = "documents.read"
+    DOCUMENTS_WRITE = "documents.write"
+    SEARCH = "search"
+    TASKS_READ = "tasks.read"
+
+
+MATRIX: Mapping[Role, frozenset[Action]] = {
+    Role.PLATFORM_ADMIN: frozenset({Action.TENANTS_MANAGE, Action.TASKS_READ}),
+    Role.ADMIN: frozenset(
+        {
+            Action.KEYS_MANAGE,
+            Action.COLLECTIONS_READ,
+            Action.COLLECTIONS_WRITE,
+            Action.DOCUMENTS_READ,
+            Action.DOCUMENTS_WRITE,
+            Action.SEARCH,
+            Action.TASKS_READ,
+        }
+    ),
+    Role.WRITER: frozenset(
+        {
+            Action.COLLECTIONS_READ,
+            Action.DOCUMENTS_READ,
+            Action.DOCUMENTS_WRITE,
+            Action.SEARCH,
+            Action.TASKS_READ,
+        }
+    ),
+    Role.READER: frozenset(
+        {Action.COLLECTIONS_READ, Action.DOCUMENTS_READ, Action.SEARCH, Action.TASKS_READ}
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The verified identity behind a request. ``tenant_id`` is None only for the platform admin;
+    ``collections`` None means every collection of the tenant."""
+
+    key_id: str
+    role: Role
+    tenant_id: str | None
+    collections: frozenset[str] | None = None
+
+    @property
+    def is_platform_admin(self) -> bool:
+        return self.role is Role.PLATFORM_ADMIN
+
+    def sees_collection(self, name: str) -> bool:
+        return self.collections is None or name in self.collections
+
+
+def authorize(principal: Principal, action: Action) -> None:
+    if action not in MATRIX[principal.role]:
+        raise Forbidden(f"a {principal.role.value} key may not perform {action.value}")
+
+
+def require_tenant(principal: Principal) -> str:
+    if principal.tenant_id is None:
+        raise Forbidden(
+            "the platform admin key manages tenants; use a tenant's key for its data",
+            code="tenant_key_required",
+        )
+    return principal.tenant_id
+
+
+def require_collection(principal: Principal, name: str) -> None:
+    """A collection outside a key's allowed list is answered like a missing one."""
+    if not principal.sees_collection(name):
+        raise NotFound(f"collection {name!r} not found", code="collection_not_found")

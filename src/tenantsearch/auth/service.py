@@ -1,0 +1,139 @@
+"""Authentication (bearer credential -> Principal) and the API key lifecycle."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import structlog
+
+from tenantsearch.auth import keys
+from tenantsearch.auth.rbac import Principal
+from tenantsearch.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from tenantsearch.store.records import ApiKey, Role
+from tenantsearch.store.repository import MetadataStore
+
+log = structlog.get_logger(__name__)
+
+CONFIGURED_ADMIN_KEY_ID = "admin"
+BOOTSTRAP_ADMIN_DESCRIPTION = "generated on first start"
+
+
+class AuthService:
+    def __init__(self, store: MetadataStore, *, admin_key: str | None) -> None:
+        self._store = store
+        self._admin_key_hash = keys.hash_secret(admin_key) if admin_key else None
+
+    async def bootstrap_admin_key(self) -> str | None:
+        """With no admin key configured and none stored, create one; return its secret once."""
+        if self._admin_key_hash is not None or await self._store.has_platform_admin_key():
+            return None
+        new = keys.generate_key()
+        await self._store.create_key(
+            ApiKey(
+                id=new.id,
+                tenant_id=None,
+                role=Role.PLATFORM_ADMIN,
+                secret_hash=new.secret_hash,
+                description=BOOTSTRAP_ADMIN_DESCRIPTION,
+                collections=None,
+                expires_at=None,
+                created_at=datetime.now(UTC),
+                last_used_at=None,
+            )
+        )
+        return new.token
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise Unauthenticated("send 'Authorization: Bearer <key>'", code="missing_credentials")
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("use the Bearer scheme", code="invalid_credentials")
+        if self._admin_key_hash is not None and hmac.compare_digest(
+            keys.hash_secret(token), self._admin_key_hash
+        ):
+            return Principal(
+                key_id=CONFIGURED_ADMIN_KEY_ID, role=Role.PLATFORM_ADMIN, tenant_id=None
+            )
+        parsed = keys.parse_token(token)
+        if parsed is None:
+            raise Unauthenticated("the key is not valid", code="invalid_credentials")
+        key_id, secret = parsed
+        record = await self._store.get_key(key_id)
+        if record is None or not keys.secret_matches(secret, record.secret_hash):
+            raise Unauthenticated("the key is not valid", code="invalid_credentials")
+        now = datetime.now(UTC)
+        if record.expires_at is not None and record.expires_at <= now:
+            raise Unauthenticated("the key has expired", code="expired_credentials")
+        if record.tenant_id is not None:
+            tenant = await self._store.get_tenant(record.tenant_id)
+            if tenant is None or tenant.status != "active":
+                raise Unauthenticated("the key is not valid", code="invalid_credentials")
+        if record.last_used_at is None or (now - record.last_used_at).total_seconds() > 60:
+            await self._store.touch_key(record.id, now)
+        return Principal(
+            key_id=record.id,
+            role=record.role,
+            tenant_id=record.tenant_id,
+            collections=frozenset(record.collections) if record.collections is not None else None,
+        )
+
+
+class KeyService:
+    def __init__(self, store: MetadataStore) -> None:
+        self._store = store
+
+    async def create(
+        self,
+        tenant_id: str,
+        role: Role,
+        *,
+        collections: Sequence[str] | None = None,
+        expires_at: datetime | None = None,
+        description: str | None = None,
+        creator: Principal | None = None,
+    ) -> tuple[ApiKey, str]:
+        """Create a tenant key; returns the record and the secret token (shown once)."""
+        if role is Role.PLATFORM_ADMIN:
+            raise InvalidInput(
+                "tenant keys are admin, writer or reader",
+                code="invalid_role",
+            )
+        if expires_at is not None:
+            if expires_at.tzinfo is None:
+                expires_at = expires_at.replace(tzinfo=UTC)
+            if expires_at <= datetime.now(UTC):
+                raise InvalidInput("expires_at must be in the future", code="invalid_expiry")
+        # A key limited to some collections cannot mint a key that reaches further.
+        if creator is not None and creator.collections is not None:  # noqa: SIM102 - reads better
+            if collections is None or not set(collections) <= creator.collections:
+                raise Forbidden(
+                    "a key limited to some collections can only create keys limited to those",
+                    code="collections_exceed_creator",
+                )
+        new = keys.generate_key()
+        record = ApiKey(
+            id=new.id,
+            tenant_id=tenant_id,
+            role=role,
+            secret_hash=new.secret_hash,
+            description=description,
+            collections=tuple(sorted(set(collections))) if collections is not None else None,
+            expires_at=expires_at,
+            created_at=datetime.now(UTC),
+            last_used_at=None,
+        )
+        await self._store.create_key(record)
+        log.info("api_key_created", key_id=record.id, role=role.value, key_tenant=tenant_id)
+        return record, new.token
+
+    async def list(self, tenant_id: str) -> list[ApiKey]:
+        return await self._store.list_keys(tenant_id)
+
+    async def revoke(self, tenant_id: str, key_id: str) -> None:
+        if not await self._store.delete_key(tenant_id, key_id):
+            raise NotFound(f"key {key_id!r} not found", code="key_not_found")
+        log.info("api_key_revoked", key_id=key_id, key_tenant=tenant_id)

@@ -1,0 +1,1 @@
+"""Ingestion: the write service (validate, version, enqueue) and the indexer (consume, apply)."""

@@ -1,0 +1,208 @@
+"""The indexer: consumes write batches from the queue and applies them to the search engine.
+
+A message is acked only after every op in it was applied (or found stale) or failed permanently
+and that outcome is recorded on its task. An op the engine reports as retryable puts the whole
+message back with exponential backoff and jitter (re-applying the ops that did land is harmless:
+they come back ``stale``). A message that cannot be decoded, or that fails past the queue's
+delivery limit, is dead-lettered with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from tenantsearch.errors import ServiceUnavailable
+from tenantsearch.ingest.messages import MalformedMessage, Message, decode
+from tenantsearch.queue.port import Delivery, Queue
+from tenantsearch.search.collections import ref_of
+from tenantsearch.search.port import CollectionRef, SearchBackend
+from tenantsearch.search.query import WriteOp, WriteResult
+from tenantsearch.search.schema import CollectionSchema
+from tenantsearch.store.records import Collection
+from tenantsearch.store.repository import MetadataStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexerConfig:
+    batch_documents: int = 5000
+    linger_seconds: float = 0.02
+    max_messages: int = 100
+    retry_base_seconds: float = 0.5
+    retry_max_seconds: float = 60.0
+    max_deliveries: int = 5
+    task_retention: timedelta = timedelta(days=7)
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Full-jitter exponential backoff for the ``attempt``-th retry (1-based)."""
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))  # noqa: S311 - jitter, not crypto
+
+
+class Indexer:
+    def __init__(
+        self,
+        queue: Queue,
+        backend: SearchBackend,
+        store: MetadataStore,
+        config: IndexerConfig,
+    ) -> None:
+        self._queue = queue
+        self._backend = backend
+        self._store = store
+        self._config = config
+        self._stopping = asyncio.Event()
+        self._last_prune = datetime.min.replace(tzinfo=UTC)
+
+    def stop(self) -> None:
+        """Stop taking new messages; the batch in hand is finished first."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        log.info("indexer_started")
+        while not self._stopping.is_set():
+            try:
+                await self.run_once(wait_seconds=0.5)
+                await self._maybe_prune()
+            except ServiceUnavailable as exc:
+                log.warning("indexer_dependency_unavailable", error=exc.detail)
+                await self._pause(1.0)
+            except Exception:
+                # Unacked messages are redelivered (and dead-lettered past the delivery limit).
+                log.exception("indexer_batch_failed")
+                await self._pause(1.0)
+        log.info("indexer_stopped")
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    async def run_once(self, wait_seconds: float) -> int:
+        """Take one batch of messages and process it; returns how many messages it handled."""
+        deliveries = await self._queue.receive(self._config.max_messages, wait_seconds)
+        if not deliveries:
+            return 0
+        documents = sum(len(m.ops) for m in self._decoded(deliveries).values())
+        if documents < self._config.batch_documents and self._config.linger_seconds > 0:
+            # Linger briefly so a stream of small writes is applied in fewer, larger commits.
+            more = await self._queue.receive(self._config.max_messages, self._config.linger_seconds)
+            deliveries.extend(more)
+        await self.process(deliveries)
+        return len(deliveries)
+
+    def _decoded(self, deliveries: Sequence[Delivery]) -> dict[str, Message]:
+        out: dict[str, Message] = {}
+        for d in deliveries:
+            with contextlib.suppress(MalformedMessage):
+                out[d.tag] = decode(d.body)
+        return out
+
+    async def process(self, deliveries: Sequence[Delivery]) -> None:
+        by_uid: dict[str, list[tuple[Delivery, Message]]] = defaultdict(list)
+        for delivery in deliveries:
+            try:
+                message = decode(delivery.body)
+            except MalformedMessage as exc:
+                log.error("message_malformed", error=str(exc))  # noqa: TRY400 - no traceback needed
+                await self._queue.dead_letter(delivery, str(exc))
+                continue
+            if message.kind == "documents" and message.uid:
+                by_uid[message.uid].append((delivery, message))
+            else:
+                await self._control(delivery, message)
+        for uid, items in by_uid.items():
+            await self._apply_collection(uid, items)
+
+    async def _apply_collection(self, uid: str, items: list[tuple[Delivery, Message]]) -> None:
+        collection = await self._store.get_collection_by_uid(uid)
+        if collection is None:
+            for delivery, message in items:
+                await self._store.fail_task(message.task_id, "the collection was deleted")
+                await self._queue.ack([delivery])
+            return
+        ops: list[WriteOp] = [op for _, message in items for op in message.ops]
+        results = await self._backend.apply(ref_of(collection), ops)
+        cursor = 0
+        for delivery, message in items:
+            mine = results[cursor : cursor + len(message.ops)]
+            cursor += len(message.ops)
+            await self._settle(delivery, message, mine, collection)
+
+    async def _settle(
+        self,
+        delivery: Delivery,
+        message: Message,
+        results: Sequence[WriteResult],
+        collection: Collection,
+    ) -> None:
+        retryable = [r for r in results if r.outcome == "retryable"]
+        if retryable and delivery.attempts >= self._config.max_deliveries:
+            reason = f"gave up after {delivery.attempts} attempts: {retryable[0].message}"
+            log.error("write_dead_lettered", task_id=message.task_id, reason=reason)
+            await self._store.fail_task(message.task_id, reason)
+            await self._queue.dead_letter(delivery, reason)
+            return
+        if retryable:
+            delay = backoff(
+                delivery.attempts, self._config.retry_base_seconds, self._config.retry_max_seconds
+            )
+            log.warning(
+                "write_retry",
+                task_id=message.task_id,
+                collection=collection.name,
+                documents=len(retryable),
+                attempt=delivery.attempts,
+                delay=round(delay, 3),
+                reason=retryable[0].message,
+            )
+            await self._queue.retry(delivery, delay)
+            return
+        permanent = [r for r in results if r.outcome == "permanent"]
+        errors: list[dict[str, Any]] = [
+            {"id": r.id, "message": r.message or "the engine refused the document"}
+            for r in permanent
+        ]
+        await self._store.record_progress(
+            message.task_id,
+            indexed=len(results) - len(permanent),
+            failed=len(permanent),
+            errors=errors,
+            finish=True,
+        )
+        await self._queue.ack([delivery])
+
+    async def _control(self, delivery: Delivery, message: Message) -> None:
+        if message.kind == "collection_delete" and message.uid:
+            ref = CollectionRef(
+                message.tenant, message.collection or "", message.uid, CollectionSchema({})
+            )
+            await self._backend.drop_collection(ref)
+            log.info("collection_dropped", uid=message.uid, task_id=message.task_id)
+        elif message.kind == "tenant_erasure":
+            await self._backend.drop_tenant(message.tenant)
+            await self._store.delete_tenant_metadata(message.tenant, keep_task=message.task_id)
+            log.info("tenant_erased", erased_tenant=message.tenant, task_id=message.task_id)
+        else:
+            await self._queue.dead_letter(delivery, f"unknown message kind {message.kind!r}")
+            return
+        await self._store.record_progress(message.task_id, finish=True)
+        await self._queue.ack([delivery])
+
+    async def _maybe_prune(self) -> None:
+        now = datetime.now(UTC)
+        if now - self._last_prune < timedelta(hours=1):
+            return
+        self._last_prune = now
+        pruned = await self._store.prune_tasks(now - self._config.task_retention)
+        if pruned:
+            log.info("tasks_pruned", count=pruned)

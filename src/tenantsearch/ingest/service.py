@@ -1,0 +1,282 @@
+"""The write path: validate documents, give each a version, enqueue durably, report tasks.
+
+A write is acknowledged (202) only after its task is committed and the queue has durably accepted
+its message. Versions come from one database counter, so across every API process a later accepted
+write of a document always carries a higher version than an earlier one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+
+from tenantsearch.auth.rbac import Principal
+from tenantsearch.errors import FieldError, InvalidInput, NotFound, PayloadTooLarge
+from tenantsearch.ingest.messages import Message, encode
+from tenantsearch.queue.port import Queue, QueueUnavailable
+from tenantsearch.search.collections import new_id, ref_of
+from tenantsearch.search.port import SearchBackend
+from tenantsearch.search.query import WriteOp
+from tenantsearch.search.schema import normalize_document_id, validate_document
+from tenantsearch.store.records import Collection, Task, TaskKind, TaskStatus
+from tenantsearch.store.repository import MetadataStore
+
+log = structlog.get_logger(__name__)
+
+MAX_REPORTED_ERRORS = 100
+
+
+@dataclass(frozen=True)
+class WriteLimits:
+    max_document_bytes: int
+    max_batch_documents: int
+
+
+@dataclass
+class _Checked:
+    ops: list[tuple[str, dict[str, Any] | None]]
+    errors: list[dict[str, Any]]
+    failed: int
+
+
+class WriteService:
+    def __init__(self, store: MetadataStore, queue: Queue, limits: WriteLimits) -> None:
+        self._store = store
+        self._queue = queue
+        self._limits = limits
+
+    async def put_document(
+        self, principal: Principal, collection: Collection, doc_id: str, body: bytes
+    ) -> Task:
+        if normalize_document_id(doc_id) != doc_id:
+            raise InvalidInput(
+                "document ids are 1 to 256 characters: letters, digits and _ . : @ = + -",
+                code="invalid_document_id",
+                errors=[FieldError("/id", "invalid document id")],
+            )
+        if len(body) > self._limits.max_document_bytes:
+            raise PayloadTooLarge(
+                f"a document is at most {self._limits.max_document_bytes} bytes",
+                code="document_too_large",
+            )
+        doc = _parse_json(body)
+        if not isinstance(doc, dict):
+            raise InvalidInput("the body must be a JSON object", code="invalid_document")
+        if "id" in doc and normalize_document_id(doc["id"]) != doc_id:
+            raise InvalidInput(
+                "the document's id differs from the id in the path",
+                code="id_mismatch",
+                errors=[FieldError("/id", "must equal the id in the path")],
+            )
+        errors = validate_document(collection.schema, doc)
+        if errors:
+            raise InvalidInput("the document is not valid", errors=errors, code="invalid_document")
+        doc["id"] = doc_id
+        return await self._accept(principal, collection, [(doc_id, doc)], [], 0)
+
+    async def put_documents(
+        self,
+        principal: Principal,
+        collection: Collection,
+        docs: Sequence[Any] | None,
+        raw_lines: Sequence[bytes] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Task:
+        """A batch, given either as parsed JSON values or as NDJSON lines (parsed here)."""
+        if idempotency_key is not None:
+            tenant = principal.tenant_id or ""
+            earlier = await self._store.find_task_by_idempotency_key(tenant, idempotency_key)
+            if earlier is not None:
+                return earlier
+        items: list[Any] = list(docs) if docs is not None else list(raw_lines or [])
+        if not items:
+            raise InvalidInput("the batch holds no documents", code="empty_batch")
+        if len(items) > self._limits.max_batch_documents:
+            raise PayloadTooLarge(
+                f"a batch holds at most {self._limits.max_batch_documents} documents",
+                code="batch_too_large",
+            )
+        checked = self._check_batch(collection, items, ndjson=docs is None)
+        if not checked.ops:
+            raise InvalidInput(
+                "no document in the batch is valid",
+                code="invalid_documents",
+                errors=[FieldError(e["path"], e["message"]) for e in checked.errors],
+            )
+        return await self._accept(
+            principal, collection, checked.ops, checked.errors, checked.failed, idempotency_key
+        )
+
+    def _check_batch(
+        self, collection: Collection, items: Sequence[Any], *, ndjson: bool
+    ) -> _Checked:
+        out = _Checked(ops=[], errors=[], failed=0)
+        max_bytes = self._limits.max_document_bytes
+
+        def fail(index: int, doc_id: str | None, path: str, message: str) -> None:
+            out.failed += 1
+            if len(out.errors) < MAX_REPORTED_ERRORS:
+                entry: dict[str, Any] = {
+                    "index": index,
+                    "path": f"/{index}{path}",
+                    "message": message,
+                }
+                if doc_id is not None:
+                    entry["id"] = doc_id
+                out.errors.append(entry)
+
+        for index, item in enumerate(items):
+            doc: Any = item
+            if ndjson:
+                if len(item) > max_bytes:
+                    fail(index, None, "", f"a document is at most {max_bytes} bytes")
+                    continue
+                try:
+                    doc = orjson.loads(item)
+                except orjson.JSONDecodeError:
+                    fail(index, None, "", "not valid JSON")
+                    continue
+            if not isinstance(doc, dict):
+                fail(index, None, "", "a document must be a JSON object")
+                continue
+            doc_id = normalize_document_id(doc.get("id"))
+            if doc_id is None:
+                fail(
+                    index,
+                    None,
+                    "/id",
+                    'each document needs an "id": letters, digits, _ . : @ = + -',
+                )
+                continue
+            if not ndjson and len(orjson.dumps(doc)) > max_bytes:
+                fail(index, doc_id, "", f"a document is at most {max_bytes} bytes")
+                continue
+            errors = validate_document(collection.schema, doc, f"/{index}")
+            if errors:
+                out.failed += 1
+                for err in errors[:3]:
+                    if len(out.errors) < MAX_REPORTED_ERRORS:
+                        out.errors.append(
+                            {"index": index, "id": doc_id, "path": err.path, "message": err.message}
+                        )
+                continue
+            doc["id"] = doc_id
+            out.ops.append((doc_id, doc))
+        return out
+
+    async def delete_document(
+        self, principal: Principal, collection: Collection, doc_id: str
+    ) -> Task:
+        if normalize_document_id(doc_id) != doc_id:
+            raise NotFound(f"document {doc_id!r} not found", code="document_not_found")
+        return await self._accept(principal, collection, [(doc_id, None)], [], 0)
+
+    async def _accept(
+        self,
+        principal: Principal,
+        collection: Collection,
+        ops: list[tuple[str, dict[str, Any] | None]],
+        errors: list[dict[str, Any]],
+        failed: int,
+        idempotency_key: str | None = None,
+    ) -> Task:
+        task = Task(
+            id=new_id(),
+            tenant_id=collection.tenant_id,
+            collection=collection.name,
+            kind=TaskKind.DOCUMENTS,
+            status=TaskStatus.QUEUED,
+            received=len(ops) + failed,
+            indexed=0,
+            failed=failed,
+            errors=errors,
+            idempotency_key=idempotency_key,
+        )
+        first = await self._store.create_task(task, reserve_versions=len(ops))
+        message = Message(
+            kind="documents",
+            task_id=task.id,
+            tenant=collection.tenant_id,
+            collection=collection.name,
+            uid=collection.uid,
+            ops=[WriteOp(doc_id, first + i, doc) for i, (doc_id, doc) in enumerate(ops)],
+        )
+        try:
+            await self._queue.publish(
+                encode(message), tenant=collection.tenant_id, documents=len(ops)
+            )
+        except QueueUnavailable:
+            await self._store.fail_task(task.id, "the write could not be queued; send it again")
+            raise
+        log.info(
+            "write_accepted",
+            task_id=task.id,
+            collection=collection.name,
+            documents=len(ops),
+            rejected=failed,
+            key_id=principal.key_id,
+        )
+        return task
+
+
+class TaskService:
+    def __init__(self, store: MetadataStore) -> None:
+        self._store = store
+
+    async def get(self, principal: Principal, task_id: str) -> Task:
+        task = await self._store.get_task(task_id) if len(task_id) <= 64 else None
+        visible = task is not None and (
+            principal.is_platform_admin
+            or (
+                task.tenant_id == principal.tenant_id
+                and task.kind is not TaskKind.TENANT_ERASURE
+                and (task.collection is None or principal.sees_collection(task.collection))
+            )
+        )
+        if task is None or not visible:
+            raise NotFound(f"task {task_id!r} not found", code="task_not_found")
+        return task
+
+    async def list(
+        self, principal: Principal, tenant_id: str, *, limit: int, status: TaskStatus | None
+    ) -> list[Task]:
+        collections = sorted(principal.collections) if principal.collections is not None else None
+        return await self._store.list_tasks(
+            tenant_id, limit=limit, collections=collections, status=status
+        )
+
+    async def wait(self, principal: Principal, task: Task, timeout: float) -> Task:
+        """Poll until the task finished or ``timeout`` passed; the latest state either way."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while not task.finished and time.monotonic() < deadline:
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.1)
+            task = await self.get(principal, task.id)
+        return task
+
+
+class DocumentReader:
+    def __init__(self, backend: SearchBackend) -> None:
+        self._backend = backend
+
+    async def get(self, collection: Collection, doc_id: str) -> dict[str, Any]:
+        doc = None
+        if normalize_document_id(doc_id) == doc_id:
+            doc = await self._backend.get(ref_of(collection), doc_id)
+        if doc is None:
+            raise NotFound(f"document {doc_id!r} not found", code="document_not_found")
+        return doc
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}", code="malformed_json") from exc

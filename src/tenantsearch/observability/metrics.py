@@ -1,0 +1,49 @@
+"""Prometheus metrics. One registry per app, so tests and several apps in a process don't clash."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "tenantsearch_http_requests_total",
+            "HTTP requests by tenant, route and status class.",
+            ["tenant", "route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tenantsearch_http_request_duration_seconds",
+            "HTTP request latency by route.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.documents_indexed = Counter(
+            "tenantsearch_documents_indexed_total",
+            "Document writes applied by the indexer, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )

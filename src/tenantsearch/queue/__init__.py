@@ -1,0 +1,1 @@
+"""The ingestion queue: the Queue port and its adapters."""

@@ -1,0 +1,1 @@
+"""Search: the collection schema, the query model, the SearchBackend port and its adapters."""

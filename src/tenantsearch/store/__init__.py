@@ -1,0 +1,1 @@
+"""Metadata: tenants, API keys, collections, tasks and counters in SQL (SQLite or PostgreSQL)."""

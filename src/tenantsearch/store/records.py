@@ -1,0 +1,83 @@
+"""Plain records the metadata store hands to services (never ORM rows)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from tenantsearch.search.schema import CollectionSchema
+
+
+class Role(StrEnum):
+    PLATFORM_ADMIN = "platform-admin"
+    ADMIN = "admin"
+    WRITER = "writer"
+    READER = "reader"
+
+
+class TaskStatus(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class TaskKind(StrEnum):
+    DOCUMENTS = "documents"
+    COLLECTION_DELETE = "collection_delete"
+    TENANT_ERASURE = "tenant_erasure"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    name: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    tenant_id: str | None
+    role: Role
+    secret_hash: str
+    description: str | None
+    collections: tuple[str, ...] | None
+    expires_at: datetime | None
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Collection:
+    tenant_id: str
+    name: str
+    uid: str
+    schema: CollectionSchema
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    tenant_id: str
+    collection: str | None
+    kind: TaskKind
+    status: TaskStatus
+    received: int
+    indexed: int
+    failed: int
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    idempotency_key: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED)

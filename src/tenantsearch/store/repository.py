@@ -1,0 +1,398 @@
+"""The metadata store: every read and write of tenants, keys, collections, tasks and counters.
+
+One class over SQLAlchemy's async engine, so the same code runs on SQLite (embedded) and
+PostgreSQL (production); ``tests/contract/test_metadata_store.py`` runs on each. Each method is one
+transaction. Database errors become :class:`MetadataUnavailable`; uniqueness races become
+:class:`tenantsearch.errors.Conflict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from tenantsearch.errors import Conflict, ServiceUnavailable
+from tenantsearch.search.schema import CollectionSchema
+from tenantsearch.store.models import ApiKeyRow, CollectionRow, CounterRow, TaskRow, TenantRow
+from tenantsearch.store.records import (
+    ApiKey,
+    Collection,
+    Role,
+    Task,
+    TaskKind,
+    TaskStatus,
+    Tenant,
+)
+
+MAX_TASK_ERRORS = 100
+"""Per-document errors kept on one task; the counts stay exact beyond that."""
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class MetadataUnavailable(ServiceUnavailable):
+    code = "metadata_unavailable"
+    title = "The metadata database is unavailable"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes even for timezone-aware columns; they were stored as UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _tenant(row: TenantRow) -> Tenant:
+    return Tenant(
+        id=row.id,
+        name=row.name,
+        status=row.status,
+        created_at=_aware(row.created_at) or _now(),
+        updated_at=_aware(row.updated_at) or _now(),
+    )
+
+
+def _key(row: ApiKeyRow) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        role=Role(row.role),
+        secret_hash=row.secret_hash,
+        description=row.description,
+        collections=tuple(row.collections) if row.collections is not None else None,
+        expires_at=_aware(row.expires_at),
+        created_at=_aware(row.created_at) or _now(),
+        last_used_at=_aware(row.last_used_at),
+    )
+
+
+def _collection(row: CollectionRow) -> Collection:
+    return Collection(
+        tenant_id=row.tenant_id,
+        name=row.name,
+        uid=row.uid,
+        schema=CollectionSchema.from_dict(row.fields),
+        created_at=_aware(row.created_at) or _now(),
+        updated_at=_aware(row.updated_at) or _now(),
+    )
+
+
+def _task(row: TaskRow) -> Task:
+    return Task(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        collection=row.collection,
+        kind=TaskKind(row.kind),
+        status=TaskStatus(row.status),
+        received=row.received,
+        indexed=row.indexed,
+        failed=row.failed,
+        errors=list(row.errors or []),
+        idempotency_key=row.idempotency_key,
+        created_at=_aware(row.created_at),
+        started_at=_aware(row.started_at),
+        finished_at=_aware(row.finished_at),
+    )
+
+
+class MetadataStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncSession]:
+        try:
+            async with self._sessions.begin() as session:
+                yield session
+        except IntegrityError as exc:
+            raise Conflict("the resource already exists or changed meanwhile") from exc
+        except SQLAlchemyError as exc:
+            raise MetadataUnavailable() from exc
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def ping(self) -> None:
+        async with self._tx() as s:
+            await s.execute(text("SELECT 1"))
+
+    # -- tenants -------------------------------------------------------------------------------
+
+    async def create_tenant(self, tenant_id: str, name: str) -> Tenant:
+        now = _now()
+        row = TenantRow(id=tenant_id, name=name, status="active", created_at=now, updated_at=now)
+        async with self._tx() as s:
+            if await s.get(TenantRow, tenant_id) is not None:
+                raise Conflict(f"tenant {tenant_id!r} already exists", code="tenant_exists")
+            s.add(row)
+        return _tenant(row)
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        async with self._tx() as s:
+            row = await s.get(TenantRow, tenant_id)
+            return _tenant(row) if row else None
+
+    async def list_tenants(self, *, limit: int, after: str | None = None) -> list[Tenant]:
+        query = select(TenantRow).order_by(TenantRow.id).limit(limit)
+        if after is not None:
+            query = query.where(TenantRow.id > after)
+        async with self._tx() as s:
+            return [_tenant(r) for r in (await s.scalars(query)).all()]
+
+    async def update_tenant(
+        self, tenant_id: str, *, name: str | None = None, status: str | None = None
+    ) -> Tenant | None:
+        async with self._tx() as s:
+            row = await s.get(TenantRow, tenant_id)
+            if row is None:
+                return None
+            if name is not None:
+                row.name = name
+            if status is not None:
+                row.status = status
+            row.updated_at = _now()
+            return _tenant(row)
+
+    async def delete_tenant_metadata(self, tenant_id: str, *, keep_task: str | None = None) -> None:
+        """Remove the tenant with its keys, collections and tasks, except the task ``keep_task``
+        (the erasure's own, which reports the erasure until it is pruned)."""
+        async with self._tx() as s:
+            tasks = delete(TaskRow).where(TaskRow.tenant_id == tenant_id)
+            if keep_task is not None:
+                tasks = tasks.where(TaskRow.id != keep_task)
+            await s.execute(tasks)
+            await s.execute(delete(ApiKeyRow).where(ApiKeyRow.tenant_id == tenant_id))
+            await s.execute(delete(CollectionRow).where(CollectionRow.tenant_id == tenant_id))
+            await s.execute(delete(TenantRow).where(TenantRow.id == tenant_id))
+
+    # -- API keys ------------------------------------------------------------------------------
+
+    async def create_key(self, key: ApiKey) -> ApiKey:
+        row = ApiKeyRow(
+            id=key.id,
+            tenant_id=key.tenant_id,
+            role=key.role.value,
+            secret_hash=key.secret_hash,
+            description=key.description,
+            collections=list(key.collections) if key.collections is not None else None,
+            expires_at=key.expires_at,
+            created_at=key.created_at,
+            last_used_at=None,
+        )
+        async with self._tx() as s:
+            s.add(row)
+        return key
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        async with self._tx() as s:
+            row = await s.get(ApiKeyRow, key_id)
+            return _key(row) if row else None
+
+    async def has_platform_admin_key(self) -> bool:
+        query = (
+            select(func.count())
+            .select_from(ApiKeyRow)
+            .where(ApiKeyRow.role == Role.PLATFORM_ADMIN.value)
+        )
+        async with self._tx() as s:
+            return bool(await s.scalar(query))
+
+    async def list_keys(self, tenant_id: str) -> list[ApiKey]:
+        query = (
+            select(ApiKeyRow)
+            .where(ApiKeyRow.tenant_id == tenant_id)
+            .order_by(ApiKeyRow.created_at, ApiKeyRow.id)
+        )
+        async with self._tx() as s:
+            return [_key(r) for r in (await s.scalars(query)).all()]
+
+    async def delete_key(self, tenant_id: str, key_id: str) -> bool:
+        query = delete(ApiKeyRow).where(ApiKeyRow.id == key_id, ApiKeyRow.tenant_id == tenant_id)
+        async with self._tx() as s:
+            result = await s.execute(query)
+            return bool(getattr(result, "rowcount", 0))
+
+    async def touch_key(self, key_id: str, when: datetime) -> None:
+        """Record a use, at most once per minute per key (it is a hint, not an audit trail)."""
+        query = (
+            update(ApiKeyRow)
+            .where(ApiKeyRow.id == key_id)
+            .where(
+                (ApiKeyRow.last_used_at.is_(None))
+                | (ApiKeyRow.last_used_at < when - LAST_USED_RESOLUTION)
+            )
+            .values(last_used_at=when)
+        )
+        async with self._tx() as s:
+            await s.execute(query)
+
+    # -- collections ---------------------------------------------------------------------------
+
+    async def get_collection(self, tenant_id: str, name: str) -> Collection | None:
+        async with self._tx() as s:
+            row = await s.get(CollectionRow, (tenant_id, name))
+            return _collection(row) if row else None
+
+    async def get_collection_by_uid(self, uid: str) -> Collection | None:
+        async with self._tx() as s:
+            row = await s.scalar(select(CollectionRow).where(CollectionRow.uid == uid))
+            return _collection(row) if row else None
+
+    async def list_collections(self, tenant_id: str) -> list[Collection]:
+        query = (
+            select(CollectionRow)
+            .where(CollectionRow.tenant_id == tenant_id)
+            .order_by(CollectionRow.name)
+        )
+        async with self._tx() as s:
+            return [_collection(r) for r in (await s.scalars(query)).all()]
+
+    async def create_collection(
+        self, tenant_id: str, name: str, uid: str, schema: CollectionSchema
+    ) -> Collection:
+        now = _now()
+        row = CollectionRow(
+            tenant_id=tenant_id,
+            name=name,
+            uid=uid,
+            fields=schema.as_dict(),
+            created_at=now,
+            updated_at=now,
+        )
+        async with self._tx() as s:
+            s.add(row)
+        return _collection(row)
+
+    async def delete_collection(self, tenant_id: str, name: str) -> Collection | None:
+        async with self._tx() as s:
+            row = await s.get(CollectionRow, (tenant_id, name))
+            if row is None:
+                return None
+            found = _collection(row)
+            await s.delete(row)
+            return found
+
+    # -- tasks and versions --------------------------------------------------------------------
+
+    async def create_task(self, task: Task, *, reserve_versions: int = 0) -> int:
+        """Insert ``task`` and reserve ``reserve_versions`` consecutive document versions in the
+        same transaction; returns the first reserved version (0 when none were asked for)."""
+        row = TaskRow(
+            id=task.id,
+            tenant_id=task.tenant_id,
+            collection=task.collection,
+            kind=task.kind.value,
+            status=task.status.value,
+            received=task.received,
+            indexed=0,
+            failed=task.failed,
+            errors=task.errors[:MAX_TASK_ERRORS],
+            idempotency_key=task.idempotency_key,
+            created_at=task.created_at or _now(),
+            started_at=None,
+            finished_at=task.finished_at,
+        )
+        async with self._tx() as s:
+            first = 0
+            if reserve_versions:
+                result = await s.execute(
+                    update(CounterRow)
+                    .where(CounterRow.name == "document_version")
+                    .values(value=CounterRow.value + reserve_versions)
+                    .returning(CounterRow.value)
+                )
+                last = int(result.scalar_one())
+                first = last - reserve_versions + 1
+            s.add(row)
+        return first
+
+    async def get_task(self, task_id: str) -> Task | None:
+        async with self._tx() as s:
+            row = await s.get(TaskRow, task_id)
+            return _task(row) if row else None
+
+    async def find_task_by_idempotency_key(self, tenant_id: str, key: str) -> Task | None:
+        query = select(TaskRow).where(
+            TaskRow.tenant_id == tenant_id, TaskRow.idempotency_key == key
+        )
+        async with self._tx() as s:
+            row = await s.scalar(query.limit(1))
+            return _task(row) if row else None
+
+    async def list_tasks(
+        self,
+        tenant_id: str,
+        *,
+        limit: int,
+        collections: Sequence[str] | None = None,
+        status: TaskStatus | None = None,
+        before: datetime | None = None,
+    ) -> list[Task]:
+        query = select(TaskRow).where(TaskRow.tenant_id == tenant_id)
+        if collections is not None:
+            query = query.where(TaskRow.collection.in_(list(collections)))
+        if status is not None:
+            query = query.where(TaskRow.status == status.value)
+        if before is not None:
+            query = query.where(TaskRow.created_at < before)
+        query = query.order_by(TaskRow.created_at.desc(), TaskRow.id.desc()).limit(limit)
+        async with self._tx() as s:
+            return [_task(r) for r in (await s.scalars(query)).all()]
+
+    async def record_progress(
+        self,
+        task_id: str,
+        *,
+        indexed: int = 0,
+        failed: int = 0,
+        errors: Sequence[dict[str, Any]] = (),
+        finish: bool = False,
+    ) -> Task | None:
+        """Add counts and errors to a task; mark it processing, or finished when ``finish``
+        (succeeded unless every received document failed)."""
+        now = _now()
+        async with self._tx() as s:
+            row = await s.get(TaskRow, task_id, with_for_update=True)
+            if row is None:
+                return None
+            row.indexed += indexed
+            row.failed += failed
+            if errors and len(row.errors or []) < MAX_TASK_ERRORS:
+                room = MAX_TASK_ERRORS - len(row.errors or [])
+                row.errors = [*(row.errors or []), *list(errors)[:room]]
+            if row.started_at is None:
+                row.started_at = now
+            if finish:
+                all_failed = row.received > 0 and row.failed >= row.received
+                row.status = (TaskStatus.FAILED if all_failed else TaskStatus.SUCCEEDED).value
+                row.finished_at = now
+            elif row.status == TaskStatus.QUEUED.value:
+                row.status = TaskStatus.PROCESSING.value
+            return _task(row)
+
+    async def fail_task(self, task_id: str, message: str) -> None:
+        async with self._tx() as s:
+            row = await s.get(TaskRow, task_id)
+            if row is None:
+                return
+            row.status = TaskStatus.FAILED.value
+            row.failed = row.received - row.indexed
+            row.errors = [*(row.errors or [])[: MAX_TASK_ERRORS - 1], {"message": message}]
+            row.finished_at = _now()
+
+    async def prune_tasks(self, finished_before: datetime) -> int:
+        query = delete(TaskRow).where(TaskRow.finished_at < finished_before)
+        async with self._tx() as s:
+            result = await s.execute(query)
+            return int(getattr(result, "rowcount", 0))

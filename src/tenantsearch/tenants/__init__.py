@@ -1,0 +1,1 @@
+"""Tenants: creation, administration and erasure (platform admin only)."""

@@ -1,0 +1,77 @@
+"""Tenant administration, and erasure of all of a tenant's data on request."""
+
+from __future__ import annotations
+
+import structlog
+
+from tenantsearch.errors import Conflict, NotFound
+from tenantsearch.ingest.messages import Message, encode
+from tenantsearch.queue.port import Queue
+from tenantsearch.search.collections import check_name, new_id
+from tenantsearch.store.records import Task, TaskKind, TaskStatus, Tenant
+from tenantsearch.store.repository import MetadataStore
+
+log = structlog.get_logger(__name__)
+
+
+class TenantService:
+    def __init__(self, store: MetadataStore, queue: Queue) -> None:
+        self._store = store
+        self._queue = queue
+
+    async def create(self, tenant_id: str, name: str) -> Tenant:
+        check_name(tenant_id, "tenant")
+        tenant = await self._store.create_tenant(tenant_id, name)
+        log.info("tenant_created", created_tenant=tenant_id)
+        return tenant
+
+    async def get(self, tenant_id: str) -> Tenant:
+        tenant = await self._store.get_tenant(tenant_id) if len(tenant_id) <= 64 else None
+        if tenant is None:
+            raise NotFound(f"tenant {tenant_id!r} not found", code="tenant_not_found")
+        return tenant
+
+    async def get_active(self, tenant_id: str) -> Tenant:
+        tenant = await self.get(tenant_id)
+        if tenant.status != "active":
+            raise Conflict("the tenant is being erased", code="tenant_deleting")
+        return tenant
+
+    async def list(self, *, limit: int, after: str | None) -> list[Tenant]:
+        return await self._store.list_tenants(limit=limit, after=after)
+
+    async def rename(self, tenant_id: str, name: str) -> Tenant:
+        await self.get_active(tenant_id)
+        tenant = await self._store.update_tenant(tenant_id, name=name)
+        if tenant is None:
+            raise NotFound(f"tenant {tenant_id!r} not found", code="tenant_not_found")
+        return tenant
+
+    async def erase(self, tenant_id: str) -> Task:
+        """Start erasing every document, collection, key and task of the tenant.
+
+        The tenant's keys stop working at once; the indexer then drops the engine data and the
+        metadata. The returned task reports progress (readable by the platform admin).
+        """
+        # Asking again while an erasure is under way starts another: dropping is idempotent, and
+        # it is how an erasure whose message could not be queued is resumed.
+        await self.get(tenant_id)
+        await self._store.update_tenant(tenant_id, status="deleting")
+        task = Task(
+            id=new_id(),
+            tenant_id=tenant_id,
+            collection=None,
+            kind=TaskKind.TENANT_ERASURE,
+            status=TaskStatus.QUEUED,
+            received=0,
+            indexed=0,
+            failed=0,
+        )
+        await self._store.create_task(task)
+        await self._queue.publish(
+            encode(Message(kind="tenant_erasure", task_id=task.id, tenant=tenant_id)),
+            tenant=tenant_id,
+            documents=0,
+        )
+        log.info("tenant_erasure_requested", erased_tenant=tenant_id, task_id=task.id)
+        return task

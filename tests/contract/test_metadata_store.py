@@ -1,0 +1,139 @@
+"""Contract of the metadata store, run on every SQL database it supports."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tenantsearch.errors import Conflict
+from tenantsearch.search.schema import CollectionSchema, FieldSpec, FieldType
+from tenantsearch.store.db import create_engine, migrate
+from tenantsearch.store.records import ApiKey, Role, Task, TaskKind, TaskStatus
+from tenantsearch.store.repository import MetadataStore
+
+
+@pytest.fixture(params=["sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MetadataStore]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}"
+    engine = create_engine(url)
+    await migrate(engine)
+    await migrate(engine)  # migrations are idempotent
+    store = MetadataStore(engine)
+    yield store
+    await store.close()
+
+
+def _task(
+    task_id: str, tenant: str = "t1", received: int = 3, idempotency_key: str | None = None
+) -> Task:
+    return Task(
+        id=task_id,
+        tenant_id=tenant,
+        collection="c",
+        kind=TaskKind.DOCUMENTS,
+        status=TaskStatus.QUEUED,
+        received=received,
+        indexed=0,
+        failed=0,
+        idempotency_key=idempotency_key,
+    )
+
+
+async def test_tenants(store: MetadataStore) -> None:
+    await store.create_tenant("t1", "One")
+    with pytest.raises(Conflict):
+        await store.create_tenant("t1", "Again")
+    assert (await store.get_tenant("t1")).name == "One"  # type: ignore[union-attr]
+    assert await store.get_tenant("missing") is None
+    await store.create_tenant("t2", "Two")
+    assert [t.id for t in await store.list_tenants(limit=10)] == ["t1", "t2"]
+    assert [t.id for t in await store.list_tenants(limit=10, after="t1")] == ["t2"]
+    renamed = await store.update_tenant("t1", name="Uno", status="deleting")
+    assert renamed is not None
+    assert (renamed.name, renamed.status) == ("Uno", "deleting")
+    assert renamed.created_at.tzinfo is not None
+
+
+async def test_versions_are_unique_and_increasing_under_concurrency(store: MetadataStore) -> None:
+    await store.create_tenant("t1", "One")
+    firsts = await asyncio.gather(
+        *(store.create_task(_task(f"task{i}"), reserve_versions=10) for i in range(20))
+    )
+    flat = [v for f in firsts for v in range(f, f + 10)]
+    assert len(set(flat)) == 200
+    assert min(flat) >= 1
+
+
+async def test_keys_and_collections(store: MetadataStore) -> None:
+    await store.create_tenant("t1", "One")
+    now = datetime.now(UTC)
+    key = ApiKey(
+        id="k" * 16,
+        tenant_id="t1",
+        role=Role.READER,
+        secret_hash="h",
+        description=None,
+        collections=("a", "b"),
+        expires_at=now + timedelta(days=1),
+        created_at=now,
+        last_used_at=None,
+    )
+    await store.create_key(key)
+    got = await store.get_key("k" * 16)
+    assert got is not None
+    assert got.collections == ("a", "b")
+    assert got.role is Role.READER
+    await store.touch_key(key.id, now)
+    assert (await store.get_key(key.id)).last_used_at is not None  # type: ignore[union-attr]
+    assert not await store.delete_key("other-tenant", key.id)
+    assert await store.delete_key("t1", key.id)
+    assert await store.get_key(key.id) is None
+
+    schema = CollectionSchema({"title": FieldSpec(FieldType.TEXT, "en")})
+    await store.create_collection("t1", "c", "uid1", schema)
+    with pytest.raises(Conflict):
+        await store.create_collection("t1", "c", "uid2", schema)
+    got_c = await store.get_collection("t1", "c")
+    assert got_c is not None
+    assert got_c.schema == schema
+    assert (await store.get_collection_by_uid("uid1")) == got_c
+    assert await store.delete_collection("t1", "c") == got_c
+    assert await store.delete_collection("t1", "c") is None
+
+
+async def test_task_progress_and_pruning(store: MetadataStore) -> None:
+    await store.create_task(_task("a", received=3))
+    await store.record_progress(
+        "a", indexed=2, failed=1, errors=[{"id": "x", "message": "m"}], finish=True
+    )
+    task = await store.get_task("a")
+    assert task is not None
+    assert (task.status, task.indexed, task.failed) == (TaskStatus.SUCCEEDED, 2, 1)
+    assert task.errors == [{"id": "x", "message": "m"}]
+    await store.create_task(_task("b", received=1))
+    await store.record_progress("b", failed=1, finish=True)
+    assert (await store.get_task("b")).status is TaskStatus.FAILED  # type: ignore[union-attr]
+    assert await store.prune_tasks(datetime.now(UTC) + timedelta(seconds=1)) == 2
+    assert await store.get_task("a") is None
+
+
+async def test_idempotency_lookup_is_per_tenant(store: MetadataStore) -> None:
+    await store.create_task(_task("a", tenant="t1", idempotency_key="k"))
+    assert (await store.find_task_by_idempotency_key("t1", "k")).id == "a"  # type: ignore[union-attr]
+    assert await store.find_task_by_idempotency_key("t2", "k") is None
+
+
+async def test_tenant_metadata_erasure_keeps_only_the_named_task(store: MetadataStore) -> None:
+    await store.create_tenant("t1", "One")
+    await store.create_task(_task("keep"))
+    await store.create_task(_task("drop"))
+    await store.create_collection("t1", "c", "u", CollectionSchema({}))
+    await store.delete_tenant_metadata("t1", keep_task="keep")
+    assert await store.get_tenant("t1") is None
+    assert await store.get_collection("t1", "c") is None
+    assert await store.get_task("keep") is not None
+    assert await store.get_task("drop") is None
