@@ -22,4 +22,4 @@ typecheck:
 
 bench-embedded:  ## ingest and search benchmark of the embedded default (writes docs/benchmarks.md)
 	$(UV) sync --frozen
-	.venv/bin/python bench/embedded.py
+	.venv/bin/python -m bench.embedded --write

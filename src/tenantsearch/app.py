@@ -103,8 +103,8 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
             queue=queue,
             metrics=metrics,
             auth=auth,
-            keys=KeyService(store),
-            tenants=TenantService(store, queue),
+            keys=KeyService(store, auth),
+            tenants=TenantService(store, queue, auth),
             collections=collections_service,
             writes=WriteService(
                 store,

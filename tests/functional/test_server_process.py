@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ def test_first_start_prints_admin_key_once_and_data_survives_restart(
     tmp_path: Path, servers: list[ServerProcess]
 ) -> None:
     data = tmp_path / "data"
-    server = ServerProcess(data)
+    server = ServerProcess(data, {"TENANTSEARCH_LOG_LEVEL": "info"})
     servers.append(server)
     server.start()
     keys = re.findall(r"ts_[a-z2-7]{16}_[A-Za-z0-9_-]{43}", server.output())
@@ -60,6 +61,7 @@ def test_first_start_prints_admin_key_once_and_data_survives_restart(
         )
         assert r.status_code == 200
     assert server.stop()
+    _assert_structured_logs(server.output(), secrets=[keys[0], key])
 
     again = ServerProcess(data)
     servers.append(again)
@@ -123,3 +125,20 @@ def test_writes_acknowledged_before_kill_9_are_applied_after_restart(
                 break
         assert r["total"] == len(acknowledged)
         assert seen == acknowledged
+
+
+def _assert_structured_logs(output: str, secrets: list[str]) -> None:
+    """Every log line is one JSON object; request lines carry request id and tenant; no secret
+    appears anywhere but in the one-time admin key banner."""
+    banner, _, logs = output.partition("TENANTSEARCH_ADMIN_KEY_FILE) to use your own instead.")
+    assert secrets[0] in banner
+    lines = [line for line in logs.splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]  # raises on any line that is not JSON
+    requests = [e for e in events if e.get("event") == "request"]
+    assert len(requests) >= 5
+    assert all(e["request_id"] and "tenant" in e and "level" in e for e in requests)
+    assert any(e["tenant"] == "acme" for e in requests)
+    assert {e["event"] for e in events} >= {"started", "tenant_created", "write_accepted"}
+    for secret in secrets:
+        assert secret not in logs
+        assert secret.rsplit("_", 1)[1] not in logs

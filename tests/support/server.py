@@ -36,9 +36,8 @@ class ServerProcess:
             TENANTSEARCH_HTTP_PORT=str(self.port),
             TENANTSEARCH_DATA_DIR=str(self.data_dir),
             TENANTSEARCH_LOG_LEVEL="warning",
-            **self.extra_env,
         )
-        self.port = int(env["TENANTSEARCH_HTTP_PORT"])
+        env.update(self.extra_env)
         with self.stdout_path.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tenantsearch", "serve"],

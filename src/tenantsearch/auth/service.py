@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import structlog
+from cachetools import TTLCache
 
 from tenantsearch.auth import keys
 from tenantsearch.auth.rbac import Principal
@@ -19,11 +21,40 @@ log = structlog.get_logger(__name__)
 CONFIGURED_ADMIN_KEY_ID = "admin"
 BOOTSTRAP_ADMIN_DESCRIPTION = "generated on first start"
 
+CREDENTIAL_CACHE_SECONDS = 1.0
+"""How long a process may keep using a key record (and its tenant's status) it looked up: this
+bounds how late a revocation, expiry or tenant erasure made by another process takes effect."""
+
 
 class AuthService:
     def __init__(self, store: MetadataStore, *, admin_key: str | None) -> None:
         self._store = store
         self._admin_key_hash = keys.hash_secret(admin_key) if admin_key else None
+        # key id -> (record, its tenant is active); only keys that exist are cached.
+        self._cache: TTLCache[str, tuple[ApiKey, bool]] = TTLCache(
+            maxsize=100_000, ttl=CREDENTIAL_CACHE_SECONDS
+        )
+
+    def forget(self, key_id: str | None = None) -> None:
+        """Drop cached credentials (one key, or all) after a change made by this process."""
+        if key_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(key_id, None)
+
+    async def _lookup(self, key_id: str) -> tuple[ApiKey, bool] | None:
+        cached = self._cache.get(key_id)
+        if cached is not None:
+            return cached
+        record = await self._store.get_key(key_id)
+        if record is None:
+            return None
+        active = True
+        if record.tenant_id is not None:
+            tenant = await self._store.get_tenant(record.tenant_id)
+            active = tenant is not None and tenant.status == "active"
+        self._cache[key_id] = (record, active)
+        return record, active
 
     async def bootstrap_admin_key(self) -> str | None:
         """With no admin key configured and none stored, create one; return its secret once."""
@@ -62,18 +93,18 @@ class AuthService:
         if parsed is None:
             raise Unauthenticated("the key is not valid", code="invalid_credentials")
         key_id, secret = parsed
-        record = await self._store.get_key(key_id)
-        if record is None or not keys.secret_matches(secret, record.secret_hash):
+        found = await self._lookup(key_id)
+        if found is None or not keys.secret_matches(secret, found[0].secret_hash):
             raise Unauthenticated("the key is not valid", code="invalid_credentials")
+        record, tenant_active = found
         now = datetime.now(UTC)
         if record.expires_at is not None and record.expires_at <= now:
             raise Unauthenticated("the key has expired", code="expired_credentials")
-        if record.tenant_id is not None:
-            tenant = await self._store.get_tenant(record.tenant_id)
-            if tenant is None or tenant.status != "active":
-                raise Unauthenticated("the key is not valid", code="invalid_credentials")
+        if not tenant_active:
+            raise Unauthenticated("the key is not valid", code="invalid_credentials")
         if record.last_used_at is None or (now - record.last_used_at).total_seconds() > 60:
             await self._store.touch_key(record.id, now)
+            self._cache[key_id] = (replace(record, last_used_at=now), tenant_active)
         return Principal(
             key_id=record.id,
             role=record.role,
@@ -83,8 +114,9 @@ class AuthService:
 
 
 class KeyService:
-    def __init__(self, store: MetadataStore) -> None:
+    def __init__(self, store: MetadataStore, auth: AuthService) -> None:
         self._store = store
+        self._auth = auth
 
     async def create(
         self,
@@ -136,4 +168,5 @@ class KeyService:
     async def revoke(self, tenant_id: str, key_id: str) -> None:
         if not await self._store.delete_key(tenant_id, key_id):
             raise NotFound(f"key {key_id!r} not found", code="key_not_found")
+        self._auth.forget(key_id)
         log.info("api_key_revoked", key_id=key_id, key_tenant=tenant_id)

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 import structlog
+from cachetools import TTLCache
 
 from tenantsearch.auth.rbac import Principal
 from tenantsearch.errors import Conflict, InvalidInput, NotFound
@@ -19,6 +20,10 @@ from tenantsearch.store.repository import MetadataStore
 log = structlog.get_logger(__name__)
 
 MAX_COLLECTIONS_PER_TENANT = 1000
+COLLECTION_CACHE_SECONDS = 1.0
+"""How long a process may keep using a collection record it looked up. A collection deleted by
+another process can thus be addressed for up to this long; a write sent to it then fails on its
+task ("the collection was deleted") and a search finds nothing."""
 
 
 def new_id() -> str:
@@ -48,12 +53,19 @@ class CollectionService:
         self._store = store
         self._backend = backend
         self._queue = queue
+        self._cache: TTLCache[tuple[str, str], Collection] = TTLCache(
+            maxsize=100_000, ttl=COLLECTION_CACHE_SECONDS
+        )
 
     async def get(self, principal: Principal, tenant_id: str, name: str) -> Collection:
         check_name(name)
         collection = None
         if principal.sees_collection(name):
-            collection = await self._store.get_collection(tenant_id, name)
+            collection = self._cache.get((tenant_id, name))
+            if collection is None:
+                collection = await self._store.get_collection(tenant_id, name)
+                if collection is not None:
+                    self._cache[(tenant_id, name)] = collection
         if collection is None:
             raise NotFound(f"collection {name!r} not found", code="collection_not_found")
         return collection
@@ -116,6 +128,7 @@ class CollectionService:
         if not principal.sees_collection(name):
             raise NotFound(f"collection {name!r} not found", code="collection_not_found")
         collection = await self._store.delete_collection(tenant_id, name)
+        self._cache.pop((tenant_id, name), None)
         if collection is None:
             raise NotFound(f"collection {name!r} not found", code="collection_not_found")
         task = Task(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import structlog
 
+from tenantsearch.auth.service import AuthService
 from tenantsearch.errors import Conflict, NotFound
 from tenantsearch.ingest.messages import Message, encode
 from tenantsearch.queue.port import Queue
@@ -15,9 +16,10 @@ log = structlog.get_logger(__name__)
 
 
 class TenantService:
-    def __init__(self, store: MetadataStore, queue: Queue) -> None:
+    def __init__(self, store: MetadataStore, queue: Queue, auth: AuthService) -> None:
         self._store = store
         self._queue = queue
+        self._auth = auth
 
     async def create(self, tenant_id: str, name: str) -> Tenant:
         check_name(tenant_id, "tenant")
@@ -57,6 +59,7 @@ class TenantService:
         # it is how an erasure whose message could not be queued is resumed.
         await self.get(tenant_id)
         await self._store.update_tenant(tenant_id, status="deleting")
+        self._auth.forget()
         task = Task(
             id=new_id(),
             tenant_id=tenant_id,
