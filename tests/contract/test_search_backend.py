@@ -389,6 +389,20 @@ async def test_refused_document_is_permanent_and_others_still_apply(
     assert await backend.get(ref, "good") == {"title": "fine"}
 
 
+async def test_refused_newer_op_does_not_block_an_older_one_in_the_batch(
+    backend: SearchBackend,
+) -> None:
+    ref = await new_collection(backend)
+
+    results = await backend.apply(
+        ref, [put("p1", 3, stock="not a number"), put("p1", 2, title="valid"), put("p1", 1)]
+    )
+
+    assert [r.outcome for r in results[:2]] == ["permanent", "applied"]
+    assert await backend.get(ref, "p1") == {"title": "valid"}
+    assert (await backend.apply(ref, [put("p1", 2, title="again")]))[0].outcome == "stale"
+
+
 # -- text search -------------------------------------------------------------------------------
 
 

@@ -214,7 +214,7 @@ def _parse_field(schema: CollectionSchema, name: str, ops: Any, path: str) -> li
 
 
 def parse_sort(schema: CollectionSchema, raw: Any, path: str = "/sort") -> tuple[SortKey, ...]:
-    """``[{"price": "asc"}]``: one key (ties then fall back to relevance and a stable order)."""
+    """``[{"price": "asc"}]``: one key (ties are broken in a stable order the backend picks)."""
     if raw is None:
         return ()
     if not isinstance(raw, list) or len(raw) > 1:
