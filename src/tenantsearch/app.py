@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import httpx
 import structlog
 from fastapi import FastAPI
 
@@ -19,8 +20,25 @@ from tenantsearch import __version__
 from tenantsearch.api import problems
 from tenantsearch.api.deps import Services
 from tenantsearch.api.middleware import BodyLimit, RequestContext
-from tenantsearch.api.routes import collections, documents, keys, ops, search, tasks, tenants
-from tenantsearch.auth.service import AuthService, KeyService
+from tenantsearch.api.routes import (
+    audit as audit_routes,
+)
+from tenantsearch.api.routes import (
+    collections,
+    documents,
+    keys,
+    ops,
+    search,
+    tasks,
+    tenants,
+)
+from tenantsearch.api.routes import (
+    tokens as token_routes,
+)
+from tenantsearch.auth.audit import AuditLog
+from tenantsearch.auth.oidc import OidcConfig, OidcVerifier
+from tenantsearch.auth.service import AuthService, ClaimNames, KeyService
+from tenantsearch.auth.tenant_tokens import TenantTokenService
 from tenantsearch.ingest.indexer import Indexer, IndexerConfig
 from tenantsearch.ingest.service import DocumentReader, TaskService, WriteLimits, WriteService
 from tenantsearch.observability.metrics import Metrics
@@ -54,6 +72,22 @@ def build_queue(settings: Settings, *, consumer: bool) -> Queue:
                 # leased when it stopped (even by kill -9) is delivered again at once.
                 release_leases_on_start=consumer,
             )
+
+
+def build_oidc(settings: Settings, http: httpx.AsyncClient) -> OidcVerifier | None:
+    if not settings.oidc_issuer or not settings.oidc_audience:
+        return None
+    return OidcVerifier(
+        OidcConfig(
+            issuer=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            jwks_file=settings.oidc_jwks_file,
+            cache_seconds=settings.oidc_jwks_cache_seconds,
+            refetch_interval_seconds=settings.oidc_jwks_refetch_seconds,
+            leeway_seconds=settings.oidc_leeway_seconds,
+        ),
+        http,
+    )
 
 
 def indexer_config(settings: Settings) -> IndexerConfig:
@@ -91,7 +125,18 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
         await backend.start()
         await queue.start()
         admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
-        auth = AuthService(store, admin_key=admin_key)
+        audit = AuditLog(store)
+        tokens = TenantTokenService(store)
+        await tokens.start()
+        http = httpx.AsyncClient(follow_redirects=False)
+        auth = AuthService(
+            store,
+            admin_key=admin_key,
+            audit=audit,
+            tokens=tokens,
+            oidc=build_oidc(settings, http),
+            claims=ClaimNames(tenant=settings.oidc_tenant_claim, roles=settings.oidc_roles_claim),
+        )
         generated = await auth.bootstrap_admin_key()
         if generated:
             announce_admin_key(generated)
@@ -103,8 +148,10 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
             queue=queue,
             metrics=metrics,
             auth=auth,
-            keys=KeyService(store, auth),
-            tenants=TenantService(store, queue, auth),
+            audit=audit,
+            tokens=tokens,
+            keys=KeyService(store, auth, audit),
+            tenants=TenantService(store, queue, auth, audit),
             collections=collections_service,
             writes=WriteService(
                 store,
@@ -130,6 +177,7 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
             await queue.close()
             await backend.close()
             await store.close()
+            await http.aclose()
             log.info("stopped")
 
     app = FastAPI(
@@ -140,7 +188,18 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
-    for module in (tenants, keys, collections, documents, search, tasks, ops):
+    routers = (
+        tenants,
+        keys,
+        token_routes,
+        collections,
+        documents,
+        search,
+        tasks,
+        audit_routes,
+        ops,
+    )
+    for module in routers:
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext, metrics=metrics)  # added last: outermost

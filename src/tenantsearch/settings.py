@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "TENANTSEARCH_"
@@ -64,6 +64,18 @@ class Settings(BaseSettings):
     indexer_max_deliveries: Annotated[int, Field(ge=1)] = 5
     task_retention_days: Annotated[int, Field(ge=1)] = 7
 
+    # JWT bearer tokens from an OIDC issuer (off unless oidc_issuer is set).
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_tenant_claim: str = "tenant_id"
+    oidc_roles_claim: str = "roles"
+    oidc_jwks_file: Path | None = Field(
+        default=None, description="Read the JWKS from this file instead of the issuer's discovery."
+    )
+    oidc_jwks_cache_seconds: Annotated[float, Field(gt=0)] = 300.0
+    oidc_jwks_refetch_seconds: Annotated[float, Field(ge=0)] = 30.0
+    oidc_leeway_seconds: Annotated[float, Field(ge=0, le=300)] = 30.0
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -71,6 +83,12 @@ class Settings(BaseSettings):
         if value not in ("debug", "info", "warning", "error"):
             raise ValueError("must be one of debug, info, warning, error")
         return value
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Settings:
+        if self.oidc_issuer and not self.oidc_audience:
+            raise ValueError("TENANTSEARCH_OIDC_AUDIENCE is required with TENANTSEARCH_OIDC_ISSUER")
+        return self
 
     @property
     def resolved_database_url(self) -> str:

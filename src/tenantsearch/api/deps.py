@@ -12,8 +12,11 @@ from typing import Annotated
 import structlog
 from fastapi import Depends, Request
 
+from tenantsearch.auth.audit import AuditLog
 from tenantsearch.auth.rbac import Action, Principal, authorize, require_collection, require_tenant
 from tenantsearch.auth.service import AuthService, KeyService
+from tenantsearch.auth.tenant_tokens import TenantTokenService
+from tenantsearch.errors import Forbidden
 from tenantsearch.ingest.service import DocumentReader, TaskService, WriteService
 from tenantsearch.observability.metrics import Metrics
 from tenantsearch.queue.port import Queue
@@ -34,6 +37,8 @@ class Services:
     queue: Queue
     metrics: Metrics
     auth: AuthService
+    audit: AuditLog
+    tokens: TenantTokenService
     keys: KeyService
     tenants: TenantService
     collections: CollectionService
@@ -63,7 +68,16 @@ class Requires:
             tenant=principal.tenant_id or "-", key_id=principal.key_id
         )
         request.state.tenant = principal.tenant_id or "-"
-        authorize(principal, self.action)
+        try:
+            authorize(principal, self.action)
+        except Forbidden:
+            await services.audit.record(
+                "authorize",
+                outcome="denied",
+                principal=principal,
+                detail={"action": self.action.value, "route": request.url.path[:200]},
+            )
+            raise
         return principal
 
 
@@ -75,6 +89,8 @@ DocumentsReader = Annotated[Principal, Depends(Requires(Action.DOCUMENTS_READ))]
 DocumentsWriter = Annotated[Principal, Depends(Requires(Action.DOCUMENTS_WRITE))]
 Searcher = Annotated[Principal, Depends(Requires(Action.SEARCH))]
 TasksReader = Annotated[Principal, Depends(Requires(Action.TASKS_READ))]
+TokensAdmin = Annotated[Principal, Depends(Requires(Action.TOKENS_MANAGE))]
+AuditReader = Annotated[Principal, Depends(Requires(Action.AUDIT_READ))]
 
 
 async def visible_collection(services: Services, principal: Principal, name: str) -> Collection:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tenantsearch.store.records import ApiKey, Collection, Task, Tenant
+from tenantsearch.store.records import ApiKey, AuditEvent, Collection, Task, Tenant, TenantToken
 
 
 class Strict(BaseModel):
@@ -214,3 +214,64 @@ class SearchOut(BaseModel):
     total: int
     facets: dict[str, dict[str, int]]
     next_cursor: str | None
+
+
+# -- tenant tokens and audit ---------------------------------------------------------------------
+
+
+class TokenCreate(Strict):
+    collections: Annotated[list[str], Field(min_length=1, max_length=100)]
+    filter: dict[str, Any] | None = Field(
+        default=None, description='Applied to every read, e.g. {"owner": {"eq": "u123"}}.'
+    )
+    expires_in: Annotated[int, Field(ge=1, le=86_400)] = Field(
+        default=3600, description="Lifetime in seconds (at most one day)."
+    )
+    description: Annotated[str | None, Field(max_length=200)] = None
+
+
+class TokenOut(BaseModel):
+    id: str
+    collections: list[str]
+    filter: dict[str, Any] | None
+    description: str | None
+    expires_at: datetime
+    created_at: datetime
+
+    @classmethod
+    def of(cls, token: TenantToken) -> TokenOut:
+        return cls(
+            id=token.id,
+            collections=list(token.collections),
+            filter=token.filter,
+            description=token.description,
+            expires_at=token.expires_at,
+            created_at=token.created_at,
+        )
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="Send as 'Authorization: Bearer <token>'. Shown once.")
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenOut]
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: datetime
+    tenant_id: str | None
+    actor: str | None
+    action: str
+    outcome: str
+    request_id: str | None
+    detail: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, event: AuditEvent) -> AuditOut:
+        return cls.model_validate(event, from_attributes=True)
+
+
+class AuditList(BaseModel):
+    events: list[AuditOut]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from tenantsearch.errors import Forbidden, NotFound
 from tenantsearch.store.records import Role
@@ -23,13 +24,17 @@ class Action(StrEnum):
     DOCUMENTS_WRITE = "documents.write"
     SEARCH = "search"
     TASKS_READ = "tasks.read"
+    TOKENS_MANAGE = "tokens.manage"
+    AUDIT_READ = "audit.read"
 
 
 MATRIX: Mapping[Role, frozenset[Action]] = {
-    Role.PLATFORM_ADMIN: frozenset({Action.TENANTS_MANAGE, Action.TASKS_READ}),
+    Role.PLATFORM_ADMIN: frozenset({Action.TENANTS_MANAGE, Action.TASKS_READ, Action.AUDIT_READ}),
     Role.ADMIN: frozenset(
         {
             Action.KEYS_MANAGE,
+            Action.TOKENS_MANAGE,
+            Action.AUDIT_READ,
             Action.COLLECTIONS_READ,
             Action.COLLECTIONS_WRITE,
             Action.DOCUMENTS_READ,
@@ -50,18 +55,31 @@ MATRIX: Mapping[Role, frozenset[Action]] = {
     Role.READER: frozenset(
         {Action.COLLECTIONS_READ, Action.DOCUMENTS_READ, Action.SEARCH, Action.TASKS_READ}
     ),
+    # A tenant token is handed to an end user's browser: it searches and reads documents of its
+    # collections, always under its mandatory filter, and nothing else.
+    Role.TENANT_TOKEN: frozenset({Action.DOCUMENTS_READ, Action.SEARCH}),
 }
+
+
+class CredentialKind(StrEnum):
+    ADMIN_KEY = "admin-key"
+    API_KEY = "api-key"
+    JWT = "jwt"
+    TENANT_TOKEN = "tenant-token"  # noqa: S105 - a credential kind, not a secret
 
 
 @dataclass(frozen=True)
 class Principal:
     """The verified identity behind a request. ``tenant_id`` is None only for the platform admin;
-    ``collections`` None means every collection of the tenant."""
+    ``collections`` None means every collection of the tenant; ``filter`` (tenant tokens) is a
+    public-form filter applied to every read the principal makes."""
 
     key_id: str
     role: Role
     tenant_id: str | None
     collections: frozenset[str] | None = None
+    kind: CredentialKind = CredentialKind.API_KEY
+    filter: Mapping[str, Any] | None = None
 
     @property
     def is_platform_admin(self) -> bool:

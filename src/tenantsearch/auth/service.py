@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import structlog
 from cachetools import TTLCache
 
-from tenantsearch.auth import keys
-from tenantsearch.auth.rbac import Principal
+from tenantsearch.auth import keys, tenant_tokens
+from tenantsearch.auth.audit import AuditLog
+from tenantsearch.auth.oidc import OidcVerifier
+from tenantsearch.auth.rbac import CredentialKind, Principal
+from tenantsearch.auth.tenant_tokens import TenantTokenService
 from tenantsearch.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
 from tenantsearch.store.records import ApiKey, Role
 from tenantsearch.store.repository import MetadataStore
@@ -26,10 +29,35 @@ CREDENTIAL_CACHE_SECONDS = 1.0
 bounds how late a revocation, expiry or tenant erasure made by another process takes effect."""
 
 
+@dataclass(frozen=True)
+class ClaimNames:
+    """Where an OIDC token carries the tenant and the roles."""
+
+    tenant: str = "tenant_id"
+    roles: str = "roles"
+
+
+ROLE_PRECEDENCE = (Role.PLATFORM_ADMIN, Role.ADMIN, Role.WRITER, Role.READER)
+
+
 class AuthService:
-    def __init__(self, store: MetadataStore, *, admin_key: str | None) -> None:
+    def __init__(
+        self,
+        store: MetadataStore,
+        *,
+        admin_key: str | None,
+        audit: AuditLog,
+        tokens: TenantTokenService,
+        oidc: OidcVerifier | None = None,
+        claims: ClaimNames = ClaimNames(),
+    ) -> None:
         self._store = store
         self._admin_key_hash = keys.hash_secret(admin_key) if admin_key else None
+        self._audit = audit
+        self._tokens = tokens
+        self._oidc = oidc
+        self._claims = claims
+        self._tenants: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=CREDENTIAL_CACHE_SECONDS)
         # key id -> (record, its tenant is active); only keys that exist are cached.
         self._cache: TTLCache[str, tuple[ApiKey, bool]] = TTLCache(
             maxsize=100_000, ttl=CREDENTIAL_CACHE_SECONDS
@@ -39,8 +67,16 @@ class AuthService:
         """Drop cached credentials (one key, or all) after a change made by this process."""
         if key_id is None:
             self._cache.clear()
+            self._tenants.clear()
         else:
             self._cache.pop(key_id, None)
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        """Drop the cached status of one tenant (created or erased by this process)."""
+        self._tenants.pop(tenant_id, None)
+        for key_id, (record, _) in list(self._cache.items()):
+            if record.tenant_id == tenant_id:
+                self._cache.pop(key_id, None)
 
     async def _lookup(self, key_id: str) -> tuple[ApiKey, bool] | None:
         cached = self._cache.get(key_id)
@@ -49,12 +85,17 @@ class AuthService:
         record = await self._store.get_key(key_id)
         if record is None:
             return None
-        active = True
-        if record.tenant_id is not None:
-            tenant = await self._store.get_tenant(record.tenant_id)
-            active = tenant is not None and tenant.status == "active"
+        active = record.tenant_id is None or await self._tenant_active(record.tenant_id)
         self._cache[key_id] = (record, active)
         return record, active
+
+    async def _tenant_active(self, tenant_id: str) -> bool:
+        active = self._tenants.get(tenant_id)
+        if active is None:
+            tenant = await self._store.get_tenant(tenant_id)
+            active = tenant is not None and tenant.status == "active"
+            self._tenants[tenant_id] = active
+        return active
 
     async def bootstrap_admin_key(self) -> str | None:
         """With no admin key configured and none stored, create one; return its secret once."""
@@ -77,6 +118,14 @@ class AuthService:
         return new.token
 
     async def authenticate(self, authorization: str | None) -> Principal:
+        """The principal behind an ``Authorization`` header; failures are audited."""
+        try:
+            return await self._authenticate(authorization)
+        except Unauthenticated as exc:
+            await self._audit.record("authenticate", outcome="failure", detail={"code": exc.code})
+            raise
+
+    async def _authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
             raise Unauthenticated("send 'Authorization: Bearer <key>'", code="missing_credentials")
         scheme, _, token = authorization.partition(" ")
@@ -87,8 +136,18 @@ class AuthService:
             keys.hash_secret(token), self._admin_key_hash
         ):
             return Principal(
-                key_id=CONFIGURED_ADMIN_KEY_ID, role=Role.PLATFORM_ADMIN, tenant_id=None
+                key_id=CONFIGURED_ADMIN_KEY_ID,
+                role=Role.PLATFORM_ADMIN,
+                tenant_id=None,
+                kind=CredentialKind.ADMIN_KEY,
             )
+        if token.startswith(tenant_tokens.PREFIX):
+            principal = await self._tokens.verify(token)
+            if principal.tenant_id is None or not await self._tenant_active(principal.tenant_id):
+                raise Unauthenticated("the token is not valid", code="invalid_token")
+            return principal
+        if token.count(".") == 2 and not token.startswith(keys.PREFIX):
+            return await self._from_jwt(token)
         parsed = keys.parse_token(token)
         if parsed is None:
             raise Unauthenticated("the key is not valid", code="invalid_credentials")
@@ -110,13 +169,42 @@ class AuthService:
             role=record.role,
             tenant_id=record.tenant_id,
             collections=frozenset(record.collections) if record.collections is not None else None,
+            kind=CredentialKind.ADMIN_KEY if record.tenant_id is None else CredentialKind.API_KEY,
+        )
+
+    async def _from_jwt(self, token: str) -> Principal:
+        if self._oidc is None:
+            raise Unauthenticated(
+                "JWTs are not accepted: no OIDC issuer is configured", code="invalid_token"
+            )
+        claims = await self._oidc.verify(token)
+        subject = str(claims.get("sub", "?"))[:180]
+        raw_roles = claims.get(self._claims.roles, [])
+        if isinstance(raw_roles, str):
+            raw_roles = raw_roles.split()
+        roles = (
+            {r for r in raw_roles if isinstance(r, str)} if isinstance(raw_roles, list) else set()
+        )
+        role = next((r for r in ROLE_PRECEDENCE if r.value in roles), None)
+        if role is None:
+            raise Forbidden("the token carries no tenantsearch role", code="no_role")
+        if role is Role.PLATFORM_ADMIN:
+            return Principal(
+                key_id=f"jwt:{subject}", role=role, tenant_id=None, kind=CredentialKind.JWT
+            )
+        tenant_id = claims.get(self._claims.tenant)
+        if not isinstance(tenant_id, str) or not await self._tenant_active(tenant_id):
+            raise Unauthenticated("the token names no active tenant", code="invalid_token")
+        return Principal(
+            key_id=f"jwt:{subject}", role=role, tenant_id=tenant_id, kind=CredentialKind.JWT
         )
 
 
 class KeyService:
-    def __init__(self, store: MetadataStore, auth: AuthService) -> None:
+    def __init__(self, store: MetadataStore, auth: AuthService, audit: AuditLog) -> None:
         self._store = store
         self._auth = auth
+        self._audit = audit
 
     async def create(
         self,
@@ -160,13 +248,22 @@ class KeyService:
         )
         await self._store.create_key(record)
         log.info("api_key_created", key_id=record.id, role=role.value, key_tenant=tenant_id)
+        await self._audit.record(
+            "key.create",
+            principal=creator,
+            tenant_id=tenant_id,
+            detail={"key_id": record.id, "role": role.value},
+        )
         return record, new.token
 
     async def list(self, tenant_id: str) -> list[ApiKey]:
         return await self._store.list_keys(tenant_id)
 
-    async def revoke(self, tenant_id: str, key_id: str) -> None:
+    async def revoke(self, tenant_id: str, key_id: str, revoker: Principal | None = None) -> None:
         if not await self._store.delete_key(tenant_id, key_id):
             raise NotFound(f"key {key_id!r} not found", code="key_not_found")
         self._auth.forget(key_id)
+        await self._audit.record(
+            "key.revoke", principal=revoker, tenant_id=tenant_id, detail={"key_id": key_id}
+        )
         log.info("api_key_revoked", key_id=key_id, key_tenant=tenant_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +21,11 @@ from tenantsearch.errors import FieldError, InvalidInput, NotFound, PayloadTooLa
 from tenantsearch.ingest.messages import Message, encode
 from tenantsearch.queue.port import Queue, QueueUnavailable
 from tenantsearch.search.collections import new_id, ref_of
+from tenantsearch.search.matching import matches
 from tenantsearch.search.port import SearchBackend
 from tenantsearch.search.query import WriteOp
 from tenantsearch.search.schema import normalize_document_id, validate_document
+from tenantsearch.search.service import mandatory_filter
 from tenantsearch.store.records import Collection, Task, TaskKind, TaskStatus
 from tenantsearch.store.repository import MetadataStore
 
@@ -266,10 +268,20 @@ class DocumentReader:
     def __init__(self, backend: SearchBackend) -> None:
         self._backend = backend
 
-    async def get(self, collection: Collection, doc_id: str) -> dict[str, Any]:
+    async def get(
+        self, collection: Collection, doc_id: str, mandatory: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The document, or 404 when it is missing or outside the credential's filter."""
         doc = None
         if normalize_document_id(doc_id) == doc_id:
             doc = await self._backend.get(ref_of(collection), doc_id)
+        restriction = mandatory_filter(collection, mandatory)
+        if (
+            doc is not None
+            and restriction is not None
+            and not matches(restriction, collection.schema, doc)
+        ):
+            doc = None
         if doc is None:
             raise NotFound(f"document {doc_id!r} not found", code="document_not_found")
         return doc

@@ -10,15 +10,18 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from tenantsearch.errors import InvalidInput
+from tenantsearch.errors import Forbidden, InvalidInput
 from tenantsearch.search.collections import ref_of
 from tenantsearch.search.port import InvalidCursor, SearchBackend
 from tenantsearch.search.query import (
+    And,
+    Filter,
     FilterErrors,
     SearchQuery,
     SearchResult,
@@ -83,16 +86,45 @@ def decode_cursor(request: SearchRequest) -> str | None:
     return token
 
 
+def mandatory_filter(collection: Collection, raw: Mapping[str, Any] | None) -> Filter | None:
+    """A credential's mandatory filter for this collection. It was checked against the schema
+    when the credential was made; a collection since recreated with other fields refuses it."""
+    if raw is None:
+        return None
+    try:
+        return parse_filter(collection.schema, raw)
+    except FilterErrors as exc:
+        raise Forbidden(
+            "the credential's filter does not apply to this collection", code="filter_mismatch"
+        ) from exc
+
+
+def combine(mandatory: Filter | None, user: Filter | None) -> Filter | None:
+    if mandatory is None or user is None:
+        return mandatory or user
+    return And((mandatory, user))
+
+
 class SearchService:
     def __init__(self, backend: SearchBackend) -> None:
         self._backend = backend
 
-    async def search(self, collection: Collection, request: SearchRequest) -> SearchPage:
+    async def search(
+        self,
+        collection: Collection,
+        request: SearchRequest,
+        mandatory: Mapping[str, Any] | None = None,
+    ) -> SearchPage:
+        """One page of results; ``mandatory`` (a tenant token's filter) restricts hits, totals
+        and facets alike."""
         schema = collection.schema
         try:
+            user_filter = (
+                parse_filter(schema, request.filter) if request.filter is not None else None
+            )
             query = SearchQuery(
                 text=request.q,
-                filter=parse_filter(schema, request.filter) if request.filter is not None else None,
+                filter=combine(mandatory_filter(collection, mandatory), user_filter),
                 sort=parse_sort(schema, request.sort),
                 facets=parse_facets(schema, request.facets),
                 facet_size=request.facet_size,

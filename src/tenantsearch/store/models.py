@@ -85,3 +85,44 @@ class CounterRow(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class TenantTokenRow(Base):
+    __tablename__ = "tenant_tokens"
+    __table_args__ = (Index("ix_tenant_tokens_tenant", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(64))
+    collections: Mapped[list[Any]]
+    filter: Mapped[dict[str, Any] | None]
+    description: Mapped[str | None] = mapped_column(String(200))
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class SigningSecretRow(Base):
+    """Server secrets shared by every process through the database (tenant token signing)."""
+
+    __tablename__ = "signing_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime]
+
+
+class AuditEventRow(Base):
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_tenant", "tenant_id", "id"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime]
+    tenant_id: Mapped[str | None] = mapped_column(String(64))
+    actor: Mapped[str | None] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any] | None]

@@ -15,6 +15,8 @@ class Role(StrEnum):
     ADMIN = "admin"
     WRITER = "writer"
     READER = "reader"
+    TENANT_TOKEN = "tenant-token"  # noqa: S105 - a role name, not a secret
+    """Not a key role: the principal of a tenant token (search and reads, under its filter)."""
 
 
 class TaskStatus(StrEnum):
@@ -81,3 +83,28 @@ class Task:
     @property
     def finished(self) -> bool:
         return self.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class TenantToken:
+    id: str
+    tenant_id: str
+    created_by: str
+    collections: tuple[str, ...]
+    filter: dict[str, Any] | None
+    description: str | None
+    expires_at: datetime
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    id: int
+    at: datetime
+    tenant_id: str | None
+    actor: str | None
+    action: str
+    outcome: str
+    request_id: str | None
+    detail: dict[str, Any] | None

@@ -19,15 +19,26 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tenantsearch.errors import Conflict, ServiceUnavailable
 from tenantsearch.search.schema import CollectionSchema
-from tenantsearch.store.models import ApiKeyRow, CollectionRow, CounterRow, TaskRow, TenantRow
+from tenantsearch.store.models import (
+    ApiKeyRow,
+    AuditEventRow,
+    CollectionRow,
+    CounterRow,
+    SigningSecretRow,
+    TaskRow,
+    TenantRow,
+    TenantTokenRow,
+)
 from tenantsearch.store.records import (
     ApiKey,
+    AuditEvent,
     Collection,
     Role,
     Task,
     TaskKind,
     TaskStatus,
     Tenant,
+    TenantToken,
 )
 
 MAX_TASK_ERRORS = 100
@@ -105,6 +116,33 @@ def _task(row: TaskRow) -> Task:
     )
 
 
+def _token(row: TenantTokenRow) -> TenantToken:
+    return TenantToken(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        created_by=row.created_by,
+        collections=tuple(row.collections),
+        filter=row.filter,
+        description=row.description,
+        expires_at=_aware(row.expires_at) or _now(),
+        created_at=_aware(row.created_at) or _now(),
+        revoked_at=_aware(row.revoked_at),
+    )
+
+
+def _audit(row: AuditEventRow) -> AuditEvent:
+    return AuditEvent(
+        id=row.id,
+        at=_aware(row.at) or _now(),
+        tenant_id=row.tenant_id,
+        actor=row.actor,
+        action=row.action,
+        outcome=row.outcome,
+        request_id=row.request_id,
+        detail=row.detail,
+    )
+
+
 class MetadataStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -173,6 +211,7 @@ class MetadataStore:
                 tasks = tasks.where(TaskRow.id != keep_task)
             await s.execute(tasks)
             await s.execute(delete(ApiKeyRow).where(ApiKeyRow.tenant_id == tenant_id))
+            await s.execute(delete(TenantTokenRow).where(TenantTokenRow.tenant_id == tenant_id))
             await s.execute(delete(CollectionRow).where(CollectionRow.tenant_id == tenant_id))
             await s.execute(delete(TenantRow).where(TenantRow.id == tenant_id))
 
@@ -396,3 +435,118 @@ class MetadataStore:
         async with self._tx() as s:
             result = await s.execute(query)
             return int(getattr(result, "rowcount", 0))
+
+    # -- tenant tokens -------------------------------------------------------------------------
+
+    async def create_tenant_token(self, token: TenantToken) -> TenantToken:
+        row = TenantTokenRow(
+            id=token.id,
+            tenant_id=token.tenant_id,
+            created_by=token.created_by,
+            collections=list(token.collections),
+            filter=token.filter,
+            description=token.description,
+            expires_at=token.expires_at,
+            created_at=token.created_at,
+            revoked_at=None,
+        )
+        async with self._tx() as s:
+            s.add(row)
+        return token
+
+    async def get_tenant_token(self, token_id: str) -> TenantToken | None:
+        async with self._tx() as s:
+            row = await s.get(TenantTokenRow, token_id)
+            return _token(row) if row else None
+
+    async def list_tenant_tokens(self, tenant_id: str, *, limit: int) -> list[TenantToken]:
+        query = (
+            select(TenantTokenRow)
+            .where(TenantTokenRow.tenant_id == tenant_id, TenantTokenRow.revoked_at.is_(None))
+            .where(TenantTokenRow.expires_at > _now())
+            .order_by(TenantTokenRow.created_at.desc())
+            .limit(limit)
+        )
+        async with self._tx() as s:
+            return [_token(r) for r in (await s.scalars(query)).all()]
+
+    async def revoke_tenant_token(self, tenant_id: str, token_id: str) -> bool:
+        query = (
+            update(TenantTokenRow)
+            .where(TenantTokenRow.id == token_id, TenantTokenRow.tenant_id == tenant_id)
+            .where(TenantTokenRow.revoked_at.is_(None))
+            .values(revoked_at=_now())
+        )
+        async with self._tx() as s:
+            result = await s.execute(query)
+            return bool(getattr(result, "rowcount", 0))
+
+    async def prune_tenant_tokens(self, expired_before: datetime) -> int:
+        query = delete(TenantTokenRow).where(TenantTokenRow.expires_at < expired_before)
+        async with self._tx() as s:
+            result = await s.execute(query)
+            return int(getattr(result, "rowcount", 0))
+
+    # -- secrets shared by every process -------------------------------------------------------
+
+    async def signing_secret(self, name: str, make: str) -> str:
+        """The secret stored under ``name``; the first caller stores ``make`` (a race between
+        processes is settled by the primary key: every process ends up with the same value)."""
+        async with self._tx() as s:
+            row = await s.get(SigningSecretRow, name)
+            if row is not None:
+                return row.value
+        try:
+            async with self._tx() as s:
+                s.add(SigningSecretRow(name=name, value=make, created_at=_now()))
+        except Conflict:
+            pass
+        async with self._tx() as s:
+            row = await s.get(SigningSecretRow, name)
+            if row is None:  # pragma: no cover - just inserted or lost a race to an insert
+                raise MetadataUnavailable()
+            return row.value
+
+    # -- audit log -----------------------------------------------------------------------------
+
+    async def record_audit(
+        self,
+        *,
+        action: str,
+        outcome: str,
+        tenant_id: str | None,
+        actor: str | None,
+        request_id: str | None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        row = AuditEventRow(
+            at=_now(),
+            tenant_id=tenant_id,
+            actor=actor,
+            action=action,
+            outcome=outcome,
+            request_id=request_id,
+            detail=detail,
+        )
+        async with self._tx() as s:
+            s.add(row)
+
+    async def list_audit(
+        self,
+        *,
+        tenant_id: str | None,
+        limit: int,
+        before_id: int | None = None,
+        action: str | None = None,
+    ) -> list[AuditEvent]:
+        """Newest first. ``tenant_id`` None lists every tenant's events (platform admin)."""
+        query = select(AuditEventRow)
+        if tenant_id is not None:
+            query = query.where(AuditEventRow.tenant_id == tenant_id)
+        if before_id is not None:
+            query = query.where(AuditEventRow.id < before_id)
+        if action is not None:
+            query = query.where(AuditEventRow.action == action)
+        query = query.order_by(AuditEventRow.id.desc()).limit(limit)
+        async with self._tx() as s:
+            return [_audit(r) for r in (await s.scalars(query)).all()]

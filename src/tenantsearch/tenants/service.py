@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import structlog
 
+from tenantsearch.auth.audit import AuditLog
+from tenantsearch.auth.rbac import Principal
 from tenantsearch.auth.service import AuthService
 from tenantsearch.errors import Conflict, NotFound
 from tenantsearch.ingest.messages import Message, encode
@@ -16,15 +18,20 @@ log = structlog.get_logger(__name__)
 
 
 class TenantService:
-    def __init__(self, store: MetadataStore, queue: Queue, auth: AuthService) -> None:
+    def __init__(
+        self, store: MetadataStore, queue: Queue, auth: AuthService, audit: AuditLog
+    ) -> None:
         self._store = store
         self._queue = queue
         self._auth = auth
+        self._audit = audit
 
-    async def create(self, tenant_id: str, name: str) -> Tenant:
+    async def create(self, tenant_id: str, name: str, creator: Principal | None = None) -> Tenant:
         check_name(tenant_id, "tenant")
         tenant = await self._store.create_tenant(tenant_id, name)
         log.info("tenant_created", created_tenant=tenant_id)
+        self._auth.forget_tenant(tenant_id)  # an erased tenant's id may be reused at once
+        await self._audit.record("tenant.create", principal=creator, tenant_id=tenant_id)
         return tenant
 
     async def get(self, tenant_id: str) -> Tenant:
@@ -49,7 +56,7 @@ class TenantService:
             raise NotFound(f"tenant {tenant_id!r} not found", code="tenant_not_found")
         return tenant
 
-    async def erase(self, tenant_id: str) -> Task:
+    async def erase(self, tenant_id: str, requester: Principal | None = None) -> Task:
         """Start erasing every document, collection, key and task of the tenant.
 
         The tenant's keys stop working at once; the indexer then drops the engine data and the
@@ -59,7 +66,7 @@ class TenantService:
         # it is how an erasure whose message could not be queued is resumed.
         await self.get(tenant_id)
         await self._store.update_tenant(tenant_id, status="deleting")
-        self._auth.forget()
+        self._auth.forget_tenant(tenant_id)
         task = Task(
             id=new_id(),
             tenant_id=tenant_id,
@@ -77,4 +84,7 @@ class TenantService:
             documents=0,
         )
         log.info("tenant_erasure_requested", erased_tenant=tenant_id, task_id=task.id)
+        await self._audit.record(
+            "tenant.erase", principal=requester, tenant_id=tenant_id, detail={"task_id": task.id}
+        )
         return task

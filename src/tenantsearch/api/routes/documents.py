@@ -159,5 +159,5 @@ async def get_document(
 ) -> Response:
     """The document as last indexed (writes become visible once their task succeeded)."""
     collection = await collection_of(services, principal, name)
-    document = await services.documents.get(collection, doc_id)
+    document = await services.documents.get(collection, doc_id, principal.filter)
     return Response(orjson.dumps(document), media_type="application/json")

@@ -40,5 +40,5 @@ async def list_keys(principal: KeysAdmin, services: ServicesDep) -> KeyList:
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def revoke_key(key_id: str, principal: KeysAdmin, services: ServicesDep) -> Response:
-    await services.keys.revoke(require_tenant(principal), key_id)
+    await services.keys.revoke(require_tenant(principal), key_id, principal)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -35,7 +35,7 @@ async def search(
         cursor=body.cursor,
         highlight=body.highlight,
     )
-    page = await services.search.search(collection, request)
+    page = await services.search.search(collection, request, principal.filter)
     result = page.result
     hits = []
     for hit in result.hits:

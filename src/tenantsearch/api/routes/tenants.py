@@ -23,8 +23,10 @@ router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TenantOut)
-async def create_tenant(body: TenantCreate, _: TenantsAdmin, services: ServicesDep) -> TenantOut:
-    return TenantOut.of(await services.tenants.create(body.id, body.name))
+async def create_tenant(
+    body: TenantCreate, principal: TenantsAdmin, services: ServicesDep
+) -> TenantOut:
+    return TenantOut.of(await services.tenants.create(body.id, body.name, principal))
 
 
 @router.get("", response_model=TenantList)
@@ -55,22 +57,22 @@ async def patch_tenant(
 
 
 @router.delete("/{tenant_id}", status_code=status.HTTP_202_ACCEPTED, response_model=TaskOut)
-async def erase_tenant(tenant_id: str, _: TenantsAdmin, services: ServicesDep) -> TaskOut:
+async def erase_tenant(tenant_id: str, principal: TenantsAdmin, services: ServicesDep) -> TaskOut:
     """Erase the tenant: every document, collection, key and task. Its keys stop working at once."""
-    return TaskOut.of(await services.tenants.erase(tenant_id))
+    return TaskOut.of(await services.tenants.erase(tenant_id, principal))
 
 
 @router.post("/{tenant_id}/keys", status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
 async def create_tenant_key(
     tenant_id: str,
     body: TenantKeyCreate,
-    _: TenantsAdmin,
+    principal: TenantsAdmin,
     services: ServicesDep,
     response: Response,
 ) -> KeyCreated:
     await services.tenants.get_active(tenant_id)
     record, token = await services.keys.create(
-        tenant_id, Role(body.role), description=body.description
+        tenant_id, Role(body.role), description=body.description, creator=principal
     )
     response.headers["Cache-Control"] = "no-store"
     return KeyCreated(**KeyOut.of(record).model_dump(), key=token)

@@ -1,0 +1,31 @@
+"""The audit log: a tenant admin reads its own tenant's events; the platform admin reads all."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from tenantsearch.api.deps import AuditReader, ServicesDep
+from tenantsearch.api.schemas import AuditList, AuditOut
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
+
+
+@router.get("", response_model=AuditList)
+async def list_audit(
+    principal: AuditReader,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[int | None, Query(ge=1, description="Events older than this id.")] = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    tenant: Annotated[
+        str | None, Query(max_length=64, description="Platform admin only: one tenant's events.")
+    ] = None,
+) -> AuditList:
+    """Newest first. Page with ``before`` = the last event's id."""
+    tenant_id = principal.tenant_id if not principal.is_platform_admin else tenant
+    events = await services.audit.list(
+        tenant_id=tenant_id, limit=limit, before_id=before, action=action
+    )
+    return AuditList(events=[AuditOut.of(e) for e in events])
