@@ -92,30 +92,34 @@ class Indexer:
         deliveries = await self._queue.receive(self._config.max_messages, wait_seconds)
         if not deliveries:
             return 0
-        documents = sum(len(m.ops) for m in self._decoded(deliveries).values())
+        decoded = await self._decode(deliveries)
+        documents = sum(len(m.ops) for _, m in decoded)
         if documents < self._config.batch_documents and self._config.linger_seconds > 0:
             # Linger briefly so a stream of small writes is applied in fewer, larger commits.
             more = await self._queue.receive(self._config.max_messages, self._config.linger_seconds)
+            decoded.extend(await self._decode(more))
             deliveries.extend(more)
-        await self.process(deliveries)
+        await self._process(decoded)
         return len(deliveries)
 
-    def _decoded(self, deliveries: Sequence[Delivery]) -> dict[str, Message]:
-        out: dict[str, Message] = {}
-        for d in deliveries:
-            with contextlib.suppress(MalformedMessage):
-                out[d.tag] = decode(d.body)
-        return out
-
-    async def process(self, deliveries: Sequence[Delivery]) -> None:
-        by_uid: dict[str, list[tuple[Delivery, Message]]] = defaultdict(list)
+    async def _decode(self, deliveries: Sequence[Delivery]) -> list[tuple[Delivery, Message]]:
+        """Decoded messages; an undecodable one is dead-lettered at once with the reason."""
+        out: list[tuple[Delivery, Message]] = []
         for delivery in deliveries:
             try:
-                message = decode(delivery.body)
+                out.append((delivery, decode(delivery.body)))
             except MalformedMessage as exc:
                 log.error("message_malformed", error=str(exc))  # noqa: TRY400 - no traceback needed
                 await self._queue.dead_letter(delivery, str(exc))
-                continue
+        return out
+
+    async def process(self, deliveries: Sequence[Delivery]) -> None:
+        """Apply these deliveries (decode, group by collection, apply, settle each)."""
+        await self._process(await self._decode(deliveries))
+
+    async def _process(self, decoded: Sequence[tuple[Delivery, Message]]) -> None:
+        by_uid: dict[str, list[tuple[Delivery, Message]]] = defaultdict(list)
+        for delivery, message in decoded:
             if message.kind == "documents" and message.uid:
                 by_uid[message.uid].append((delivery, message))
             else:
@@ -204,5 +208,6 @@ class Indexer:
             return
         self._last_prune = now
         pruned = await self._store.prune_tasks(now - self._config.task_retention)
-        if pruned:
-            log.info("tasks_pruned", count=pruned)
+        expired = await self._store.prune_tenant_tokens(now - timedelta(days=1))
+        if pruned or expired:
+            log.info("pruned", tasks=pruned, tenant_tokens=expired)
