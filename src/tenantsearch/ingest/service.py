@@ -17,9 +17,16 @@ import orjson
 import structlog
 
 from tenantsearch.auth.rbac import Principal
-from tenantsearch.errors import FieldError, InvalidInput, NotFound, PayloadTooLarge
+from tenantsearch.errors import (
+    FieldError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TooManyRequests,
+)
 from tenantsearch.ingest.messages import Message, encode
-from tenantsearch.queue.port import Queue, QueueUnavailable
+from tenantsearch.queue.port import Backlog, Queue, QueueUnavailable
 from tenantsearch.search.collections import new_id, ref_of
 from tenantsearch.search.matching import matches
 from tenantsearch.search.port import SearchBackend
@@ -38,6 +45,65 @@ MAX_REPORTED_ERRORS = 100
 class WriteLimits:
     max_document_bytes: int
     max_batch_documents: int
+    max_tenant_backlog_documents: int = 500_000
+    max_tenant_backlog_bytes: int = 2 * 1024**3
+    max_backlog_documents: int = 5_000_000
+    backlog_check_seconds: float = 0.5
+    retry_after_seconds: int = 5
+
+
+class Backpressure:
+    """Refuses writes while the queue holds too much: 429 (with Retry-After) when one tenant's
+    backlog is over its limit, so one flooding tenant waits and the others do not; 503 when the
+    whole backlog is. Backlog counts are re-read from the queue at most every
+    ``backlog_check_seconds``; in between, this process adds what it published itself, so only
+    other API processes' writes of that last moment can overshoot a limit."""
+
+    def __init__(self, queue: Queue, limits: WriteLimits) -> None:
+        self._queue = queue
+        self._limits = limits
+        self._seen: dict[str | None, tuple[float, Backlog]] = {}
+
+    async def _backlog(self, tenant: str | None) -> Backlog:
+        now = time.monotonic()
+        cached = self._seen.get(tenant)
+        if cached is not None and now - cached[0] < self._limits.backlog_check_seconds:
+            return cached[1]
+        backlog = await self._queue.backlog(tenant)
+        if len(self._seen) > 10_000:
+            self._seen.clear()
+        self._seen[tenant] = (now, backlog)
+        return backlog
+
+    def note(self, tenant: str, documents: int, size: int) -> None:
+        """Count a write this process just published into the cached backlogs."""
+        for key in (tenant, None):
+            cached = self._seen.get(key)
+            if cached is not None:
+                at, b = cached
+                self._seen[key] = (
+                    at,
+                    Backlog(b.messages + 1, b.documents + documents, b.bytes + size),
+                )
+
+    async def check(self, tenant: str, documents: int, size: int) -> None:
+        limits = self._limits
+        retry = {"Retry-After": str(limits.retry_after_seconds)}
+        total = await self._backlog(None)
+        if total.documents + documents > limits.max_backlog_documents:
+            raise ServiceUnavailable(
+                "the ingestion backlog is full; retry later", code="backlog_full", headers=retry
+            )
+        mine = await self._backlog(tenant)
+        if (
+            mine.documents + documents > limits.max_tenant_backlog_documents
+            or mine.bytes + size > limits.max_tenant_backlog_bytes
+        ):
+            raise TooManyRequests(
+                "this tenant's writes are waiting to be indexed; retry later",
+                code="tenant_backlog_full",
+                headers=retry,
+            )
 
 
 @dataclass
@@ -52,6 +118,7 @@ class WriteService:
         self._store = store
         self._queue = queue
         self._limits = limits
+        self._backpressure = Backpressure(queue, limits)
 
     async def put_document(
         self, principal: Principal, collection: Collection, doc_id: str, body: bytes
@@ -80,7 +147,7 @@ class WriteService:
         if errors:
             raise InvalidInput("the document is not valid", errors=errors, code="invalid_document")
         doc["id"] = doc_id
-        return await self._accept(principal, collection, [(doc_id, doc)], [], 0)
+        return await self._accept(principal, collection, [(doc_id, doc)], [], 0, size=len(body))
 
     async def put_documents(
         self,
@@ -89,6 +156,7 @@ class WriteService:
         docs: Sequence[Any] | None,
         raw_lines: Sequence[bytes] | None = None,
         idempotency_key: str | None = None,
+        size: int = 0,
     ) -> Task:
         """A batch, given either as parsed JSON values or as NDJSON lines (parsed here)."""
         if idempotency_key is not None:
@@ -112,7 +180,13 @@ class WriteService:
                 errors=[FieldError(e["path"], e["message"]) for e in checked.errors],
             )
         return await self._accept(
-            principal, collection, checked.ops, checked.errors, checked.failed, idempotency_key
+            principal,
+            collection,
+            checked.ops,
+            checked.errors,
+            checked.failed,
+            idempotency_key,
+            size=size,
         )
 
     def _check_batch(
@@ -177,7 +251,7 @@ class WriteService:
     ) -> Task:
         if normalize_document_id(doc_id) != doc_id:
             raise NotFound(f"document {doc_id!r} not found", code="document_not_found")
-        return await self._accept(principal, collection, [(doc_id, None)], [], 0)
+        return await self._accept(principal, collection, [(doc_id, None)], [], 0, size=0)
 
     async def _accept(
         self,
@@ -187,7 +261,11 @@ class WriteService:
         errors: list[dict[str, Any]],
         failed: int,
         idempotency_key: str | None = None,
+        *,
+        size: int,
     ) -> Task:
+        """Record the task, reserve versions, publish; ``size`` (the request's bytes) stands for
+        the message's size in the backlog check, which runs before anything is recorded."""
         task = Task(
             id=new_id(),
             tenant_id=collection.tenant_id,
@@ -200,6 +278,7 @@ class WriteService:
             errors=errors,
             idempotency_key=idempotency_key,
         )
+        await self._backpressure.check(collection.tenant_id, len(ops), size)
         first = await self._store.create_task(task, reserve_versions=len(ops))
         message = Message(
             kind="documents",
@@ -216,6 +295,7 @@ class WriteService:
         except QueueUnavailable:
             await self._store.fail_task(task.id, "the write could not be queued; send it again")
             raise
+        self._backpressure.note(collection.tenant_id, len(ops), size)
         log.info(
             "write_accepted",
             task_id=task.id,

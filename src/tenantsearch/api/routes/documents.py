@@ -112,7 +112,12 @@ async def post_documents(
     if media_type in ("application/x-ndjson", "application/jsonl", "application/json-seq"):
         lines = [line for line in body.split(b"\n") if line.strip()]
         task = await services.writes.put_documents(
-            principal, collection, None, raw_lines=lines, idempotency_key=idempotency_key
+            principal,
+            collection,
+            None,
+            raw_lines=lines,
+            idempotency_key=idempotency_key,
+            size=len(body),
         )
     elif media_type in ("application/json", "*/*"):
         try:
@@ -126,7 +131,7 @@ async def post_documents(
                 code="invalid_batch",
             )
         task = await services.writes.put_documents(
-            principal, collection, docs, idempotency_key=idempotency_key
+            principal, collection, docs, idempotency_key=idempotency_key, size=len(body)
         )
     else:
         raise UnsupportedMediaType("send application/json (an array) or application/x-ndjson")
