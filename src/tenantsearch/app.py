@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -15,6 +16,7 @@ from datetime import timedelta
 import httpx
 import structlog
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenantsearch import __version__
 from tenantsearch.api import problems
@@ -25,6 +27,7 @@ from tenantsearch.api.routes import (
 )
 from tenantsearch.api.routes import (
     collections,
+    dead_letters,
     documents,
     keys,
     ops,
@@ -39,12 +42,15 @@ from tenantsearch.auth.audit import AuditLog
 from tenantsearch.auth.oidc import OidcConfig, OidcVerifier
 from tenantsearch.auth.service import AuthService, ClaimNames, KeyService
 from tenantsearch.auth.tenant_tokens import TenantTokenService
+from tenantsearch.ingest.dead_letters import DeadLetterService
 from tenantsearch.ingest.indexer import Indexer, IndexerConfig
 from tenantsearch.ingest.service import DocumentReader, TaskService, WriteLimits, WriteService
 from tenantsearch.observability.metrics import Metrics
 from tenantsearch.queue.port import Queue
+from tenantsearch.queue.rabbitmq import RabbitMqQueue
 from tenantsearch.queue.sqlite import SqliteQueue
 from tenantsearch.search.collections import CollectionService
+from tenantsearch.search.opensearch_backend import OpenSearchBackend
 from tenantsearch.search.port import SearchBackend
 from tenantsearch.search.service import SearchService
 from tenantsearch.search.tantivy_backend import TantivyBackend
@@ -60,9 +66,26 @@ def build_backend(settings: Settings) -> SearchBackend:
     match settings.search_backend:
         case SearchBackendKind.TANTIVY:
             return TantivyBackend(settings.data_dir / "indexes")
+        case SearchBackendKind.OPENSEARCH:
+            password, api_key = settings.opensearch_password, settings.opensearch_api_key
+            return OpenSearchBackend(
+                settings.opensearch_hosts,
+                index_prefix=settings.opensearch_index_prefix,
+                username=settings.opensearch_username,
+                password=password.get_secret_value() if password else None,
+                api_key=api_key.get_secret_value() if api_key else None,
+                ca_file=settings.opensearch_ca_file,
+                verify_certs=settings.opensearch_verify_certs,
+                timeout_seconds=settings.opensearch_timeout_seconds,
+                pool_size=settings.opensearch_pool_size,
+                shards=settings.opensearch_shards,
+                replicas=settings.opensearch_replicas,
+                dedicated_tenants=settings.opensearch_dedicated_tenant_ids,
+            )
 
 
-def build_queue(settings: Settings, *, consumer: bool) -> Queue:
+def build_queue(settings: Settings, *, consumer: bool, engine: AsyncEngine) -> Queue:
+    """The queue adapter; ``engine`` is the metadata database (RabbitMQ's backlog ledger)."""
     match settings.queue_backend:
         case QueueBackendKind.SQLITE:
             return SqliteQueue(
@@ -71,6 +94,17 @@ def build_queue(settings: Settings, *, consumer: bool) -> Queue:
                 # The embedded server is the queue's only consumer: whatever a previous run had
                 # leased when it stopped (even by kill -9) is delivered again at once.
                 release_leases_on_start=consumer,
+            )
+        case QueueBackendKind.RABBITMQ:
+            if settings.rabbitmq_url is None:  # refused by Settings validation already
+                raise ValueError("rabbitmq_url is required for the rabbitmq queue backend")
+            return RabbitMqQueue(
+                settings.rabbitmq_url.get_secret_value(),
+                ledger_engine=engine,
+                queue=settings.rabbitmq_queue,
+                max_deliveries=settings.indexer_max_deliveries + 1,
+                prefetch=settings.rabbitmq_prefetch,
+                publish_timeout=settings.rabbitmq_publish_timeout_seconds,
             )
 
 
@@ -96,6 +130,8 @@ def indexer_config(settings: Settings) -> IndexerConfig:
         linger_seconds=settings.indexer_linger_ms / 1000,
         max_deliveries=settings.indexer_max_deliveries,
         task_retention=timedelta(days=settings.task_retention_days),
+        # Fault injection for reliability tests only (docs/operations.md); unset in production.
+        failpoint=os.environ.get("TENANTSEARCH_FAILPOINT") or None,
     )
 
 
@@ -117,11 +153,13 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(settings.resolved_database_url)
+        engine = create_engine(
+            settings.resolved_database_url, pool_size=settings.database_pool_size
+        )
         await migrate(engine)
         store = MetadataStore(engine)
         backend = build_backend(settings)
-        queue = build_queue(settings, consumer=run_indexer)
+        queue = build_queue(settings, consumer=run_indexer, engine=engine)
         await backend.start()
         await queue.start()
         admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
@@ -136,6 +174,9 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
             tokens=tokens,
             oidc=build_oidc(settings, http),
             claims=ClaimNames(tenant=settings.oidc_tenant_claim, roles=settings.oidc_roles_claim),
+            metrics_token=(
+                settings.metrics_token.get_secret_value() if settings.metrics_token else None
+            ),
         )
         generated = await auth.bootstrap_admin_key()
         if generated:
@@ -156,11 +197,18 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
             writes=WriteService(
                 store,
                 queue,
-                WriteLimits(settings.max_document_bytes, settings.max_batch_documents),
+                WriteLimits(
+                    max_document_bytes=settings.max_document_bytes,
+                    max_batch_documents=settings.max_batch_documents,
+                    max_tenant_backlog_documents=settings.max_tenant_backlog_documents,
+                    max_tenant_backlog_bytes=settings.max_tenant_backlog_bytes,
+                    max_backlog_documents=settings.max_backlog_documents,
+                ),
             ),
             tasks=TaskService(store),
             documents=DocumentReader(backend),
             search=SearchService(backend),
+            dead_letters=DeadLetterService(queue, store),
         )
         indexer_task = None
         indexer = None
@@ -197,6 +245,7 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
         search,
         tasks,
         audit_routes,
+        dead_letters,
         ops,
     )
     for module in routers:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from collections.abc import Coroutine
+from typing import Annotated, Any
 
 import typer
 import uvicorn
 
+from tenantsearch.errors import TenantSearchError
+from tenantsearch.ingest.dead_letters import DeadLetterSummary
 from tenantsearch.settings import Settings, SettingsError, load_settings
+from tenantsearch.worker import dead_letters
 
 cli = typer.Typer(
     help="tenantsearch: a multi-tenant search service.",
@@ -52,6 +58,105 @@ def serve() -> None:
 def api() -> None:
     """Serve the API only; writes are applied by separate `tenantsearch indexer` processes."""
     _serve(_settings(), run_indexer=False)
+
+
+@cli.command()
+def indexer() -> None:
+    """Run an indexer: apply queued writes to the search engine until SIGTERM (several may run)."""
+    from tenantsearch.observability.logging import configure_logging
+    from tenantsearch.worker import run_indexer
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(run_indexer(settings))
+
+
+@cli.command()
+def migrate() -> None:
+    """Bring the metadata database to the newest schema (the API and indexer also do this)."""
+    from tenantsearch.worker import run_migrations
+
+    asyncio.run(run_migrations(_settings()))
+    sys.stdout.write("metadata database is up to date\n")
+
+
+dead = typer.Typer(help="Writes the indexer gave up on: list, show, replay, purge.")
+cli.add_typer(dead, name="dead-letters")
+
+
+def _print_letter(letter: DeadLetterSummary, *, ids: bool = False) -> None:
+    sys.stdout.write(
+        f"{letter.id}\ttenant={letter.tenant}\tcollection={letter.collection or '-'}\t"
+        f"task={letter.task_id or '-'}\tattempts={letter.attempts}\t"
+        f"at={letter.dead_at.isoformat()}\treason={letter.reason}\n"
+    )
+    if ids:
+        sys.stdout.write("documents: " + " ".join(letter.document_ids) + "\n")
+
+
+@dead.command("list")
+def dead_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+) -> None:
+    """List dead letters, oldest first."""
+
+    async def go() -> None:
+        async with dead_letters(_settings()) as service:
+            letters = await service.list(tenant=tenant, limit=limit)
+        for letter in letters:
+            _print_letter(letter)
+        sys.stderr.write(f"{len(letters)} dead letter(s)\n")
+
+    asyncio.run(go())
+
+
+@dead.command("show")
+def dead_show(letter_id: str) -> None:
+    """One dead letter with all its document ids."""
+
+    async def go() -> None:
+        async with dead_letters(_settings()) as service:
+            _print_letter(await service.get(letter_id), ids=True)
+
+    _run_or_exit(go())
+
+
+@dead.command("replay")
+def dead_replay(letter_ids: list[str]) -> None:
+    """Queue these writes again; their tasks are reopened."""
+
+    async def go() -> None:
+        async with dead_letters(_settings()) as service:
+            for n, letter_id in enumerate(letter_ids, 1):
+                letter = await service.replay(letter_id)
+                sys.stderr.write(f"[{n}/{len(letter_ids)}] replayed {letter.id}\n")
+
+    _run_or_exit(go())
+
+
+@dead.command("purge")
+def dead_purge(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Drop dead letters for good."""
+    if not yes:
+        typer.confirm(f"Purge the dead letters of {tenant or 'every tenant'}?", abort=True)
+
+    async def go() -> None:
+        async with dead_letters(_settings()) as service:
+            sys.stdout.write(f"purged {await service.purge(tenant)}\n")
+
+    asyncio.run(go())
+
+
+def _run_or_exit(work: Coroutine[Any, Any, None]) -> None:
+    try:
+        asyncio.run(work)
+    except TenantSearchError as exc:
+        sys.stderr.write(f"tenantsearch: {exc.detail}\n")
+        raise typer.Exit(1) from exc
 
 
 @cli.command("check-config")

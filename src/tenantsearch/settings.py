@@ -1,8 +1,9 @@
 """One typed Settings object, read from ``TENANTSEARCH_*`` environment variables.
 
-Secrets can also come from files: ``TENANTSEARCH_ADMIN_KEY_FILE=/run/secrets/admin`` reads the key
-from that file (trailing newline stripped). Setting both the variable and its ``_FILE`` form is an
-error. Validation happens once at start-up; the error names the variable.
+Secrets (``SECRET_FIELDS``: keys, passwords, URLs that may hold one) can also come from files:
+``TENANTSEARCH_ADMIN_KEY_FILE=/run/secrets/admin`` reads the key from that file (trailing newline
+stripped). Setting both the variable and its ``_FILE`` form is an error. Validation happens once
+at start-up; the error names the variable.
 """
 
 from __future__ import annotations
@@ -17,15 +18,24 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "TENANTSEARCH_"
-SECRET_FIELDS = ("admin_key",)
+SECRET_FIELDS = (
+    "admin_key",
+    "opensearch_password",
+    "opensearch_api_key",
+    "database_url",
+    "rabbitmq_url",
+    "metrics_token",
+)
 
 
 class SearchBackendKind(StrEnum):
     TANTIVY = "tantivy"
+    OPENSEARCH = "opensearch"
 
 
 class QueueBackendKind(StrEnum):
     SQLITE = "sqlite"
+    RABBITMQ = "rabbitmq"
 
 
 class LogFormat(StrEnum):
@@ -43,12 +53,40 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     admin_key: SecretStr | None = None
 
-    database_url: str | None = Field(
+    database_url: SecretStr | None = Field(
         default=None,
-        description="SQLAlchemy async URL; default: SQLite in the data dir.",
+        description="SQLAlchemy async URL (it may hold a password); default: SQLite in the data "
+        "dir. PostgreSQL: postgresql+asyncpg://user:password@host:5432/db.",
     )
+    database_pool_size: Annotated[int, Field(ge=1, le=1000)] = 5
     search_backend: SearchBackendKind = SearchBackendKind.TANTIVY
     queue_backend: QueueBackendKind = QueueBackendKind.SQLITE
+
+    # The RabbitMQ queue (queue_backend=rabbitmq).
+    rabbitmq_url: SecretStr | None = Field(
+        default=None, description="AMQP URL, e.g. amqp://user:password@host:5672/vhost."
+    )
+    rabbitmq_queue: Annotated[str, Field(min_length=1, max_length=200)] = "tenantsearch.writes"
+    rabbitmq_prefetch: Annotated[int, Field(ge=1, le=10_000)] = 100
+    rabbitmq_publish_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+
+    # The OpenSearch engine (search_backend=opensearch).
+    opensearch_url: str = Field(
+        default="http://127.0.0.1:9200", description="Comma-separated node URLs (http or https)."
+    )
+    opensearch_username: str | None = None
+    opensearch_password: SecretStr | None = None
+    opensearch_api_key: SecretStr | None = None
+    opensearch_ca_file: Path | None = None
+    opensearch_verify_certs: bool = True
+    opensearch_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 10.0
+    opensearch_pool_size: Annotated[int, Field(ge=1, le=1000)] = 10
+    opensearch_index_prefix: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = "ts"
+    opensearch_shards: Annotated[int, Field(ge=1, le=1024)] = 1
+    opensearch_replicas: Annotated[int, Field(ge=0, le=16)] = 1
+    opensearch_dedicated_tenants: str = Field(
+        default="", description="Comma-separated tenant ids that get their own indices."
+    )
 
     log_level: str = "info"
     log_format: LogFormat = LogFormat.JSON
@@ -63,6 +101,15 @@ class Settings(BaseSettings):
     indexer_linger_ms: Annotated[int, Field(ge=0, le=10_000)] = 20
     indexer_max_deliveries: Annotated[int, Field(ge=1)] = 5
     task_retention_days: Annotated[int, Field(ge=1)] = 7
+    max_tenant_backlog_documents: Annotated[int, Field(ge=1)] = 500_000
+    max_tenant_backlog_bytes: Annotated[int, Field(ge=1024)] = 2 * 1024**3
+    max_backlog_documents: Annotated[int, Field(ge=1)] = 5_000_000
+
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for GET /metrics (which names tenants); the platform admin "
+        "key is accepted too.",
+    )
 
     # JWT bearer tokens from an OIDC issuer (off unless oidc_issuer is set).
     oidc_issuer: str | None = None
@@ -84,16 +131,51 @@ class Settings(BaseSettings):
             raise ValueError("must be one of debug, info, warning, error")
         return value
 
+    @field_validator("opensearch_url")
+    @classmethod
+    def _opensearch_urls(cls, value: str) -> str:
+        hosts = [h.strip() for h in value.split(",") if h.strip()]
+        if not hosts or not all(h.startswith(("http://", "https://")) for h in hosts):
+            raise ValueError("a comma-separated list of http:// or https:// URLs")
+        return ",".join(hosts)
+
+    @model_validator(mode="after")
+    def _opensearch_credentials(self) -> Settings:
+        if (self.opensearch_username is None) != (self.opensearch_password is None):
+            raise ValueError(
+                "set both TENANTSEARCH_OPENSEARCH_USERNAME and TENANTSEARCH_OPENSEARCH_PASSWORD"
+            )
+        if self.opensearch_username is not None and self.opensearch_api_key is not None:
+            raise ValueError("set an OpenSearch API key or a username and password, not both")
+        return self
+
+    @property
+    def opensearch_hosts(self) -> list[str]:
+        return self.opensearch_url.split(",")
+
+    @property
+    def opensearch_dedicated_tenant_ids(self) -> list[str]:
+        return [t.strip() for t in self.opensearch_dedicated_tenants.split(",") if t.strip()]
+
     @model_validator(mode="after")
     def _oidc_complete(self) -> Settings:
         if self.oidc_issuer and not self.oidc_audience:
             raise ValueError("TENANTSEARCH_OIDC_AUDIENCE is required with TENANTSEARCH_OIDC_ISSUER")
         return self
 
+    @model_validator(mode="after")
+    def _queue_complete(self) -> Settings:
+        if self.queue_backend == QueueBackendKind.RABBITMQ and not self.rabbitmq_url:
+            raise ValueError(
+                "TENANTSEARCH_RABBITMQ_URL (or _FILE) is required with TENANTSEARCH_QUEUE_BACKEND"
+                "=rabbitmq"
+            )
+        return self
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
-            return self.database_url
+            return self.database_url.get_secret_value()
         return f"sqlite+aiosqlite:///{(self.data_dir / 'metadata.db').resolve()}"
 
 
@@ -123,8 +205,10 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     """Settings from ``environ`` (default: os.environ), ``_FILE`` secrets and overrides."""
     env = dict(os.environ if environ is None else environ)
     values = _read_secret_files(env)
+    # Only secrets have _FILE variants; other names may end in _FILE (OPENSEARCH_CA_FILE).
+    secret_file_vars = {f"{ENV_PREFIX}{name.upper()}_FILE" for name in SECRET_FIELDS}
     for key, value in env.items():
-        if key.startswith(ENV_PREFIX) and not key.endswith("_FILE"):
+        if key.startswith(ENV_PREFIX) and key not in secret_file_vars:
             name = key[len(ENV_PREFIX) :].lower()
             if name in Settings.model_fields:
                 values[name] = value

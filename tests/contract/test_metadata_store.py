@@ -1,24 +1,39 @@
-"""Contract of the metadata store, run on every SQL database it supports."""
+"""Contract of the metadata store, run on every SQL database it supports: SQLite (embedded) and
+PostgreSQL (production; a fresh database per test on the session's server)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from tenantsearch.errors import Conflict
 from tenantsearch.search.schema import CollectionSchema, FieldSpec, FieldType
 from tenantsearch.store.db import create_engine, migrate
 from tenantsearch.store.records import ApiKey, Role, Task, TaskKind, TaskStatus
 from tenantsearch.store.repository import MetadataStore
+from tests.support.services import postgres_database
+
+pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture
+def postgres_database_url(postgres_url: str) -> Iterator[str]:
+    """A new, empty database on the session's PostgreSQL server, dropped after the test."""
+    with postgres_database(postgres_url) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MetadataStore]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}"
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}"
+    else:
+        url = request.getfixturevalue("postgres_database_url")
     engine = create_engine(url)
     await migrate(engine)
     await migrate(engine)  # migrations are idempotent
@@ -137,3 +152,25 @@ async def test_tenant_metadata_erasure_keeps_only_the_named_task(store: Metadata
     assert await store.get_collection("t1", "c") is None
     assert await store.get_task("keep") is not None
     assert await store.get_task("drop") is None
+
+
+@pytest.mark.slow
+async def test_processes_starting_at_once_migrate_once_on_postgresql(
+    postgres_database_url: str,
+) -> None:
+    """Several processes (engines) starting on an empty PostgreSQL database: one migrates, the
+    others wait for it and then have nothing to do. (The embedded SQLite database has a single
+    process, so this is PostgreSQL's alone.)"""
+    engines = [create_engine(postgres_database_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(migrate(engine) for engine in engines))
+        async with engines[0].connect() as conn:
+            counters = (await conn.execute(text("SELECT count(*) FROM counters"))).scalar_one()
+            versions = (
+                await conn.execute(text("SELECT version_num FROM alembic_version"))
+            ).scalars()
+            assert counters == 1  # the initial migration's seed row, inserted once
+            assert len(list(versions)) == 1
+    finally:
+        for engine in engines:
+            await engine.dispose()

@@ -10,14 +10,20 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenantsearch.queue.port import Delivery, Queue, QueueUnavailable
+from tenantsearch.queue.rabbitmq import RabbitMqQueue
 from tenantsearch.queue.sqlite import SqliteQueue
+from tenantsearch.store.db import create_engine, migrate
+from tests.support.services import postgres_database
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,29 +40,67 @@ OpenQueue = Callable[[], Awaitable[Queue]]
 _OPENER = pytest.StashKey[OpenQueue]()
 
 
-def _make_queue(kind: str, tmp_path: Path) -> Queue:
+@dataclass
+class _Where:
+    """Where the test's one queue lives."""
+
+    tmp_path: Path
+    broker_url: str = ""
+    ledger: AsyncEngine | None = None  # the RabbitMQ adapter's backlog ledger (metadata DB)
+    name: str = ""
+
+
+def _make_queue(kind: str, where: _Where) -> Queue:
     """A new client of the test's one queue: the same file / broker queue every time."""
     if kind == "sqlite":
-        return SqliteQueue(tmp_path / "queue" / "queue.db", max_deliveries=MAX_DELIVERIES)
+        return SqliteQueue(where.tmp_path / "queue" / "queue.db", max_deliveries=MAX_DELIVERIES)
+    if kind == "rabbitmq":
+        assert where.ledger is not None
+        return RabbitMqQueue(
+            where.broker_url,
+            ledger_engine=where.ledger,
+            queue=where.name,
+            max_deliveries=MAX_DELIVERIES,
+            publish_timeout=5.0,
+            operation_timeout=5.0,
+        )
     raise AssertionError(f"unknown queue adapter {kind!r}")
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(scope="session")
+def queue_ledger_url(postgres_url: str) -> Iterator[str]:
+    """The metadata database holding the RabbitMQ adapter's backlog ledger, for every test
+    (ledger rows are per queue name, and each test has its own queue)."""
+    with postgres_database(postgres_url) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("rabbitmq", marks=pytest.mark.slow)])
 async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Queue]:
     kind: str = request.param
+    where = _Where(tmp_path)
+    if kind == "rabbitmq":
+        where.broker_url = request.getfixturevalue("rabbitmq_url")
+        where.ledger = create_engine(request.getfixturevalue("queue_ledger_url"))
+        await migrate(where.ledger)  # a no-op after the first test
+        where.name = f"test.{uuid.uuid4().hex[:12]}"
     opened: list[Queue] = []
 
     async def open_queue() -> Queue:
-        client = _make_queue(kind, tmp_path)
+        client = _make_queue(kind, where)
         await client.start()
         opened.append(client)
         return client
 
     request.node.stash[_OPENER] = open_queue
-    first = await open_queue()
-    yield first
-    for client in opened:
-        await client.close()
+    try:
+        first = await open_queue()
+        yield first
+    finally:
+        for client in opened:
+            await client.close()
+        if where.ledger is not None:
+            await where.ledger.dispose()
 
 
 @pytest.fixture
@@ -309,6 +353,28 @@ async def test_stale_and_unknown_deliveries_are_no_ops(queue: Queue) -> None:
     await queue.ack([current])
     assert (await queue.backlog()).messages == 0
     assert await queue.list_dead_letters() == []
+
+
+async def test_deliveries_to_consumers_that_went_away_count_toward_the_limit(
+    queue: Queue, open_queue: OpenQueue
+) -> None:
+    await queue.publish(b"crashes its consumer", tenant="acme", documents=1)
+    for attempt in range(1, MAX_DELIVERIES + 1):
+        consumer = await open_queue()
+        delivery = await receive_one(consumer)
+        assert delivery.attempts == attempt
+        await consumer.close()  # goes away without settling, like an indexer that crashed
+
+    assert await queue.receive(10, NOTHING_WAIT) == []
+
+    [dead] = await queue.list_dead_letters()
+    assert dead.reason.startswith("delivery limit exceeded")
+    assert (dead.tenant, dead.body, dead.attempts) == (
+        "acme",
+        b"crashes its consumer",
+        MAX_DELIVERIES,
+    )
+    assert await queue.backlog() == await queue.backlog("nobody")  # all zero
 
 
 # -- dead letters ----------------------------------------------------------------------------

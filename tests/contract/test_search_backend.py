@@ -12,6 +12,7 @@ parallel.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 import uuid
@@ -34,6 +35,7 @@ from tenantsearch.search.query import (
 )
 from tenantsearch.search.schema import CollectionSchema, parse_schema
 from tenantsearch.search.tantivy_backend import TantivyBackend
+from tests.support.opensearch import drop_prefix, make_backend, new_prefix
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -146,15 +148,23 @@ def _make_backend(kind: str, tmp_path: Path) -> SearchBackend:
     raise AssertionError(f"unknown search backend {kind!r}")
 
 
-@pytest.fixture(params=["tantivy"])
+@pytest.fixture(params=["tantivy", "opensearch"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SearchBackend]:
     kind: str = request.param
-    adapter = _make_backend(kind, tmp_path)
+    if kind == "opensearch":
+        # The session's node (started on first use); a fresh index prefix for each test.
+        url: str = request.getfixturevalue("opensearch_url")
+        prefix = new_prefix()
+        adapter: SearchBackend = make_backend(url, prefix)
+    else:
+        adapter = _make_backend(kind, tmp_path)
     await adapter.start()
     try:
         yield adapter
     finally:
         await adapter.close()
+        if kind == "opensearch":
+            await asyncio.to_thread(drop_prefix, url, prefix)
 
 
 # -- lifecycle and collections -----------------------------------------------------------------

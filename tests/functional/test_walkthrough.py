@@ -243,7 +243,8 @@ async def test_collections_lifecycle(api: Api, client: httpx.AsyncClient) -> Non
 async def test_operations_endpoints(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     assert (await client.get("/readyz")).status_code == 200
-    r = await client.get("/metrics")
+    assert (await client.get("/metrics")).status_code == 401
+    r = await client.get("/metrics", headers=Api(client).admin)
     assert "tenantsearch_http_requests_total" in r.text
     schema = (await client.get("/openapi.json")).json()
     assert "/v1/collections/{name}/search" in schema["paths"]

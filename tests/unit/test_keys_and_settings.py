@@ -48,3 +48,22 @@ def test_secret_from_file(tmp_path: Path) -> None:
         )
     with pytest.raises(SettingsError, match="TENANTSEARCH_ADMIN_KEY_FILE"):
         load_settings(environ={"TENANTSEARCH_ADMIN_KEY_FILE": str(tmp_path / "missing")})
+
+
+def test_connection_urls_are_secrets_and_rabbitmq_needs_one(tmp_path: Path) -> None:
+    url_file = tmp_path / "amqp"
+    url_file.write_text("amqp://user:hunter2@broker:5672/\n")
+    s = load_settings(
+        environ={
+            "TENANTSEARCH_QUEUE_BACKEND": "rabbitmq",
+            "TENANTSEARCH_RABBITMQ_URL_FILE": str(url_file),
+            "TENANTSEARCH_DATABASE_URL": "postgresql+asyncpg://ts:hunter2@db/ts",
+        }
+    )
+    assert s.rabbitmq_url is not None
+    assert s.rabbitmq_url.get_secret_value() == "amqp://user:hunter2@broker:5672/"
+    assert s.resolved_database_url == "postgresql+asyncpg://ts:hunter2@db/ts"
+    assert "hunter2" not in repr(s)
+    assert "hunter2" not in str(s.model_dump())
+    with pytest.raises(SettingsError, match="TENANTSEARCH_RABBITMQ_URL"):
+        load_settings(environ={"TENANTSEARCH_QUEUE_BACKEND": "rabbitmq"})

@@ -11,8 +11,12 @@ from tenantsearch.search.query import parse_filter
 from tenantsearch.search.schema import parse_schema
 
 SCHEMA = parse_schema(
-    {"owner": {"type": "keyword"}, "n": {"type": "integer"}, "at": {"type": "date"},
-     "ok": {"type": "boolean"}}
+    {
+        "owner": {"type": "keyword"},
+        "n": {"type": "integer"},
+        "at": {"type": "date"},
+        "ok": {"type": "boolean"},
+    }
 )
 
 

@@ -109,7 +109,14 @@ def read_line(process: subprocess.Popen[str]) -> str:
 def kill(process: subprocess.Popen[str]) -> str:
     """SIGKILL the child at once; returns what it had printed but we had not read yet."""
     os.kill(process.pid, signal.SIGKILL)
-    stdout, _ = process.communicate(timeout=10)
+    # Not communicate(): with a timeout it reads the raw pipe and would lose the lines that
+    # readline() already pulled into the text buffer (seen as "kept 125, confirmed 120").
+    assert process.stdout is not None
+    stdout = process.stdout.read()
+    process.wait(timeout=10)
+    for pipe in (process.stdin, process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()
     assert process.returncode == -signal.SIGKILL
     return stdout
 

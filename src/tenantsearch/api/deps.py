@@ -17,6 +17,7 @@ from tenantsearch.auth.rbac import Action, Principal, authorize, require_collect
 from tenantsearch.auth.service import AuthService, KeyService
 from tenantsearch.auth.tenant_tokens import TenantTokenService
 from tenantsearch.errors import Forbidden
+from tenantsearch.ingest.dead_letters import DeadLetterService
 from tenantsearch.ingest.service import DocumentReader, TaskService, WriteService
 from tenantsearch.observability.metrics import Metrics
 from tenantsearch.queue.port import Queue
@@ -46,6 +47,7 @@ class Services:
     tasks: TaskService
     documents: DocumentReader
     search: SearchService
+    dead_letters: DeadLetterService
 
 
 def get_services(request: Request) -> Services:
@@ -91,6 +93,7 @@ Searcher = Annotated[Principal, Depends(Requires(Action.SEARCH))]
 TasksReader = Annotated[Principal, Depends(Requires(Action.TASKS_READ))]
 TokensAdmin = Annotated[Principal, Depends(Requires(Action.TOKENS_MANAGE))]
 AuditReader = Annotated[Principal, Depends(Requires(Action.AUDIT_READ))]
+DeadLettersAdmin = Annotated[Principal, Depends(Requires(Action.DEAD_LETTERS_MANAGE))]
 
 
 async def visible_collection(services: Services, principal: Principal, name: str) -> Collection:

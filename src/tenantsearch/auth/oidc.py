@@ -10,7 +10,8 @@ Verification follows the rules an attacker would probe:
 - ``exp``, ``iss`` and ``aud`` are required; ``nbf`` and ``iat`` (not in the future) are checked;
   all with a small leeway. ``typ``, when the token sets it, must be a JWT access token type.
 - The JWKS is cached for ``cache_seconds``. An unknown ``kid`` triggers at most one refetch per
-  ``refetch_interval_seconds``. When the JWKS cannot be fetched, the cached keys keep working.
+  ``refetch_interval_seconds``. When the JWKS cannot be fetched, the cached keys keep working,
+  and the issuer is tried again at most once per ``refetch_interval_seconds``.
 
 PyJWT does the signature and claim checks; this module owns key selection and caching.
 """
@@ -96,7 +97,12 @@ class OidcVerifier:
         if kid is not None and (not isinstance(kid, str) or len(kid) > 256):
             raise Unauthenticated("the token is not valid", code="invalid_token")
         now = time.monotonic()
-        if now - self._fetched_at > self._config.cache_seconds:
+        # After a failed attempt, a stale cache is retried once per refetch interval, not on
+        # every request: an issuer outage must not turn each request into a fetch (and a wait).
+        last_failed = self._attempted_at > self._fetched_at
+        if now - self._fetched_at > self._config.cache_seconds and (
+            not last_failed or now - self._attempted_at > self._config.refetch_interval_seconds
+        ):
             await self._refresh(now)
         key = self._pick(kid)
         if key is None and now - self._attempted_at > self._config.refetch_interval_seconds:

@@ -6,7 +6,7 @@ The matrix is the only place roles are interpreted; routes name the action they 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -26,10 +26,13 @@ class Action(StrEnum):
     TASKS_READ = "tasks.read"
     TOKENS_MANAGE = "tokens.manage"
     AUDIT_READ = "audit.read"
+    DEAD_LETTERS_MANAGE = "dead_letters.manage"
 
 
 MATRIX: Mapping[Role, frozenset[Action]] = {
-    Role.PLATFORM_ADMIN: frozenset({Action.TENANTS_MANAGE, Action.TASKS_READ, Action.AUDIT_READ}),
+    Role.PLATFORM_ADMIN: frozenset(
+        {Action.TENANTS_MANAGE, Action.TASKS_READ, Action.AUDIT_READ, Action.DEAD_LETTERS_MANAGE}
+    ),
     Role.ADMIN: frozenset(
         {
             Action.KEYS_MANAGE,
@@ -101,6 +104,14 @@ def require_tenant(principal: Principal) -> str:
             code="tenant_key_required",
         )
     return principal.tenant_id
+
+
+def within_reach(principal: Principal | None, collections: Sequence[str] | None) -> bool:
+    """Whether a key or token reaching ``collections`` (None: all) is within what ``principal``
+    reaches: a credential limited to some collections neither sees nor revokes wider ones."""
+    if principal is None or principal.collections is None:
+        return True
+    return collections is not None and set(collections) <= principal.collections
 
 
 def require_collection(principal: Principal, name: str) -> None:

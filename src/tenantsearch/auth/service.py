@@ -13,7 +13,7 @@ from cachetools import TTLCache
 from tenantsearch.auth import keys, tenant_tokens
 from tenantsearch.auth.audit import AuditLog
 from tenantsearch.auth.oidc import OidcVerifier
-from tenantsearch.auth.rbac import CredentialKind, Principal
+from tenantsearch.auth.rbac import CredentialKind, Principal, within_reach
 from tenantsearch.auth.tenant_tokens import TenantTokenService
 from tenantsearch.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
 from tenantsearch.store.records import ApiKey, Role
@@ -50,9 +50,11 @@ class AuthService:
         tokens: TenantTokenService,
         oidc: OidcVerifier | None = None,
         claims: ClaimNames = ClaimNames(),
+        metrics_token: str | None = None,
     ) -> None:
         self._store = store
         self._admin_key_hash = keys.hash_secret(admin_key) if admin_key else None
+        self._metrics_hash = keys.hash_secret(metrics_token) if metrics_token else None
         self._audit = audit
         self._tokens = tokens
         self._oidc = oidc
@@ -117,11 +119,26 @@ class AuthService:
         )
         return new.token
 
+    async def check_metrics_access(self, authorization: str | None) -> None:
+        """``/metrics`` names tenants: it takes the metrics token or the platform admin."""
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if (
+            self._metrics_hash is not None
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(keys.hash_secret(token), self._metrics_hash)
+        ):
+            return
+        principal = await self.authenticate(authorization)
+        if not principal.is_platform_admin:
+            raise Forbidden("metrics need the metrics token or the platform admin key")
+
     async def authenticate(self, authorization: str | None) -> Principal:
-        """The principal behind an ``Authorization`` header; failures are audited."""
+        """The principal behind an ``Authorization`` header; failures are audited (a verified
+        token that carries no role included: it is refused too)."""
         try:
             return await self._authenticate(authorization)
-        except Unauthenticated as exc:
+        except (Unauthenticated, Forbidden) as exc:
             await self._audit.record("authenticate", outcome="failure", detail={"code": exc.code})
             raise
 
@@ -256,10 +273,24 @@ class KeyService:
         )
         return record, new.token
 
-    async def list(self, tenant_id: str) -> list[ApiKey]:
-        return await self._store.list_keys(tenant_id)
+    async def list(self, tenant_id: str, viewer: Principal | None = None) -> list[ApiKey]:
+        """The tenant's keys; for a ``viewer`` limited to some collections, only the keys
+        within its reach (others would name collections it must not learn of)."""
+        return [
+            k for k in await self._store.list_keys(tenant_id) if within_reach(viewer, k.collections)
+        ]
 
     async def revoke(self, tenant_id: str, key_id: str, revoker: Principal | None = None) -> None:
+        # A key limited to some collections revokes only keys it could have created: a wider
+        # key (an unlimited admin's, say) answers 404 like a missing one.
+        if revoker is not None and revoker.collections is not None:
+            record = await self._store.get_key(key_id) if len(key_id) <= 64 else None
+            if (
+                record is None
+                or record.tenant_id != tenant_id
+                or not within_reach(revoker, record.collections)
+            ):
+                raise NotFound(f"key {key_id!r} not found", code="key_not_found")
         if not await self._store.delete_key(tenant_id, key_id):
             raise NotFound(f"key {key_id!r} not found", code="key_not_found")
         self._auth.forget(key_id)

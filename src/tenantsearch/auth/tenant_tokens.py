@@ -18,7 +18,7 @@ from typing import Any
 import jwt
 from cachetools import TTLCache
 
-from tenantsearch.auth.rbac import CredentialKind, Principal
+from tenantsearch.auth.rbac import CredentialKind, Principal, within_reach
 from tenantsearch.errors import InvalidInput, NotFound, Unauthenticated
 from tenantsearch.search.query import FilterErrors, parse_filter
 from tenantsearch.store.records import Collection, Role, TenantToken
@@ -133,10 +133,25 @@ class TenantTokenService:
             filter=record.filter,
         )
 
-    async def list(self, tenant_id: str, limit: int = 1000) -> list[TenantToken]:
-        return await self._store.list_tenant_tokens(tenant_id, limit=limit)
+    async def list(
+        self, tenant_id: str, limit: int = 1000, viewer: Principal | None = None
+    ) -> list[TenantToken]:
+        """Live tokens; for a ``viewer`` limited to some collections, only those within reach."""
+        tokens = await self._store.list_tenant_tokens(tenant_id, limit=limit)
+        return [t for t in tokens if within_reach(viewer, t.collections)]
 
-    async def revoke(self, tenant_id: str, token_id: str) -> None:
-        if len(token_id) > 64 or not await self._store.revoke_tenant_token(tenant_id, token_id):
+    async def revoke(self, tenant_id: str, token_id: str, revoker: Principal | None = None) -> None:
+        """Revoke one token; a token outside a limited ``revoker``'s reach answers 404."""
+        if len(token_id) > 64:
+            raise NotFound(f"token {token_id!r} not found", code="token_not_found")
+        if revoker is not None and revoker.collections is not None:
+            record = await self._store.get_tenant_token(token_id)
+            if (
+                record is None
+                or record.tenant_id != tenant_id
+                or not within_reach(revoker, record.collections)
+            ):
+                raise NotFound(f"token {token_id!r} not found", code="token_not_found")
+        if not await self._store.revoke_tenant_token(tenant_id, token_id):
             raise NotFound(f"token {token_id!r} not found", code="token_not_found")
         self._cache.pop(token_id, None)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import signal
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +44,12 @@ class IndexerConfig:
     retry_max_seconds: float = 60.0
     max_deliveries: int = 5
     task_retention: timedelta = timedelta(days=7)
+    failpoint: str | None = None
+    """Tests only (``TENANTSEARCH_FAILPOINT``, see docs/operations.md): ``after_apply_before_ack``
+    SIGKILLs this process once the engine has applied a batch and before anything is settled."""
+
+
+FAILPOINTS = frozenset({"after_apply_before_ack"})
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -57,6 +65,8 @@ class Indexer:
         store: MetadataStore,
         config: IndexerConfig,
     ) -> None:
+        if config.failpoint is not None and config.failpoint not in FAILPOINTS:
+            raise ValueError(f"unknown failpoint {config.failpoint!r}")
         self._queue = queue
         self._backend = backend
         self._store = store
@@ -136,6 +146,9 @@ class Indexer:
             return
         ops: list[WriteOp] = [op for _, message in items for op in message.ops]
         results = await self._backend.apply(ref_of(collection), ops)
+        if self._config.failpoint == "after_apply_before_ack":
+            log.warning("failpoint_kill", failpoint=self._config.failpoint)
+            os.kill(os.getpid(), signal.SIGKILL)
         cursor = 0
         for delivery, message in items:
             mine = results[cursor : cursor + len(message.ops)]

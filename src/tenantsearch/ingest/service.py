@@ -18,6 +18,7 @@ import structlog
 
 from tenantsearch.auth.rbac import Principal
 from tenantsearch.errors import (
+    Conflict,
     FieldError,
     InvalidInput,
     NotFound,
@@ -163,6 +164,12 @@ class WriteService:
             tenant = principal.tenant_id or ""
             earlier = await self._store.find_task_by_idempotency_key(tenant, idempotency_key)
             if earlier is not None:
+                if earlier.collection != collection.name:
+                    # Never answer with (or about) a task of another collection.
+                    raise Conflict(
+                        "this Idempotency-Key was already used for another request",
+                        code="idempotency_key_reused",
+                    )
                 return earlier
         items: list[Any] = list(docs) if docs is not None else list(raw_lines or [])
         if not items:

@@ -126,3 +126,18 @@ class AuditEventRow(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     request_id: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict[str, Any] | None]
+
+
+class QueuedMessageRow(Base):
+    """One message a broker-backed queue holds (waiting, delayed or in flight), for per-tenant
+    backlog counts the broker cannot give (``tenantsearch.queue.ledger``)."""
+
+    __tablename__ = "queued_messages"
+    __table_args__ = (Index("ix_queued_messages_tenant", "queue", "tenant_id"),)
+
+    queue: Mapped[str] = mapped_column(String(200), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    documents: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    published_at: Mapped[datetime]

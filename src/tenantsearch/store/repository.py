@@ -430,6 +430,17 @@ class MetadataStore:
             row.errors = [*(row.errors or [])[: MAX_TASK_ERRORS - 1], {"message": message}]
             row.finished_at = _now()
 
+    async def reopen_task(self, task_id: str, *, documents: int) -> None:
+        """A failed write is being retried (a dead letter replayed): back to queued, its
+        ``documents`` no longer counted as failed."""
+        async with self._tx() as s:
+            row = await s.get(TaskRow, task_id)
+            if row is None:
+                return
+            row.status = TaskStatus.QUEUED.value
+            row.failed = max(0, row.failed - documents)
+            row.finished_at = None
+
     async def prune_tasks(self, finished_before: datetime) -> int:
         query = delete(TaskRow).where(TaskRow.finished_at < finished_before)
         async with self._tx() as s:

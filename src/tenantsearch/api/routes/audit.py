@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from tenantsearch.api.deps import AuditReader, ServicesDep
 from tenantsearch.api.schemas import AuditList, AuditOut
+from tenantsearch.auth.rbac import require_tenant
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -24,7 +25,8 @@ async def list_audit(
     ] = None,
 ) -> AuditList:
     """Newest first. Page with ``before`` = the last event's id."""
-    tenant_id = principal.tenant_id if not principal.is_platform_admin else tenant
+    # Fail closed: anyone but the platform admin reads exactly its own tenant's events.
+    tenant_id = tenant if principal.is_platform_admin else require_tenant(principal)
     events = await services.audit.list(
         tenant_id=tenant_id, limit=limit, before_id=before, action=action
     )

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from tenantsearch.api.deps import DocumentsReader, DocumentsWriter, Services, ServicesDep
 from tenantsearch.api.deps import visible_collection as collection_of
+from tenantsearch.api.http_cache import cached_json
 from tenantsearch.api.schemas import TaskOut
 from tenantsearch.auth.rbac import Principal
 from tenantsearch.errors import InvalidInput, UnsupportedMediaType
@@ -160,9 +161,9 @@ async def delete_document(
 
 @router.get("/{doc_id}", response_model=dict[str, Any])
 async def get_document(
-    name: str, doc_id: str, principal: DocumentsReader, services: ServicesDep
+    name: str, doc_id: str, request: Request, principal: DocumentsReader, services: ServicesDep
 ) -> Response:
     """The document as last indexed (writes become visible once their task succeeded)."""
     collection = await collection_of(services, principal, name)
     document = await services.documents.get(collection, doc_id, principal.filter)
-    return Response(orjson.dumps(document), media_type="application/json")
+    return cached_json(request, orjson.dumps(document))

@@ -35,7 +35,7 @@ async def create_key(
 @router.get("", response_model=KeyList)
 async def list_keys(principal: KeysAdmin, services: ServicesDep) -> KeyList:
     tenant_id = require_tenant(principal)
-    return KeyList(keys=[KeyOut.of(k) for k in await services.keys.list(tenant_id)])
+    return KeyList(keys=[KeyOut.of(k) for k in await services.keys.list(tenant_id, principal)])
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)

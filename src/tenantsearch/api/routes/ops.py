@@ -1,10 +1,11 @@
-"""Operations endpoints: liveness, readiness, metrics. Unauthenticated; they show no tenant data."""
+"""Operations endpoints: liveness and readiness (unauthenticated: they show no tenant data) and
+metrics (per-tenant figures: the metrics token or the platform admin key)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tenantsearch.api.deps import ServicesDep
@@ -41,5 +42,7 @@ async def readyz(services: ServicesDep) -> Response:
 
 
 @router.get("/metrics")
-async def metrics(services: ServicesDep) -> Response:
+async def metrics(request: Request, services: ServicesDep) -> Response:
+    """Prometheus metrics; ``Authorization: Bearer`` the metrics token or the platform admin key."""
+    await services.auth.check_metrics_access(request.headers.get("authorization"))
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import orjson
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from tenantsearch.api.deps import Searcher, ServicesDep
 from tenantsearch.api.deps import visible_collection as collection_of
+from tenantsearch.api.http_cache import cached_json
 from tenantsearch.api.schemas import SearchBody, SearchOut
 from tenantsearch.errors import FieldError, InvalidInput
 from tenantsearch.search.service import SearchRequest
@@ -16,7 +17,7 @@ router = APIRouter(prefix="/v1/collections/{name}", tags=["search"])
 
 @router.post("/search", response_model=SearchOut)
 async def search(
-    name: str, body: SearchBody, principal: Searcher, services: ServicesDep
+    name: str, body: SearchBody, request: Request, principal: Searcher, services: ServicesDep
 ) -> Response:
     if body.limit > services.settings.max_search_limit:
         raise InvalidInput(
@@ -25,7 +26,7 @@ async def search(
             errors=[FieldError("/limit", f"at most {services.settings.max_search_limit}")],
         )
     collection = await collection_of(services, principal, name)
-    request = SearchRequest(
+    search_request = SearchRequest(
         q=body.q,
         filter=body.filter,
         sort=body.sort,
@@ -35,7 +36,7 @@ async def search(
         cursor=body.cursor,
         highlight=body.highlight,
     )
-    page = await services.search.search(collection, request, principal.filter)
+    page = await services.search.search(collection, search_request, principal.filter)
     result = page.result
     hits = []
     for hit in result.hits:
@@ -49,4 +50,4 @@ async def search(
         "facets": result.facets,
         "next_cursor": page.next_cursor,
     }
-    return Response(orjson.dumps(payload), media_type="application/json")
+    return cached_json(request, orjson.dumps(payload))

@@ -39,12 +39,13 @@ async def mint_token(
 async def list_tokens(principal: TokensAdmin, services: ServicesDep) -> TokenList:
     """Tokens not yet expired or revoked (never the token strings)."""
     tenant_id = require_tenant(principal)
-    return TokenList(tokens=[TokenOut.of(t) for t in await services.tokens.list(tenant_id)])
+    tokens = await services.tokens.list(tenant_id, viewer=principal)
+    return TokenList(tokens=[TokenOut.of(t) for t in tokens])
 
 
 @router.delete("/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def revoke_token(token_id: str, principal: TokensAdmin, services: ServicesDep) -> Response:
     """Revoke one token; every API process refuses it within one second."""
-    await services.tokens.revoke(require_tenant(principal), token_id)
+    await services.tokens.revoke(require_tenant(principal), token_id, principal)
     await services.audit.record("token.revoke", principal=principal, detail={"token_id": token_id})
     return Response(status_code=status.HTTP_204_NO_CONTENT)

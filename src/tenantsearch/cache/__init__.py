@@ -1,0 +1,1 @@
+"""The result cache: the Cache port, its adapters, and cache-key derivation."""

@@ -1,0 +1,1 @@
+"""Rate limits and daily quotas: the RateLimiter port and its adapters."""
