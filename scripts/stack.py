@@ -81,6 +81,8 @@ def main() -> int:
             TENANTSEARCH_RABBITMQ_URL=broker.url,
             TENANTSEARCH_DATABASE_URL=pg.url,
             TENANTSEARCH_REDIS_URL=cache.url,
+            TENANTSEARCH_LIMITER_BACKEND="redis",
+            TENANTSEARCH_CACHE_BACKEND="redis",
             TENANTSEARCH_LOG_FORMAT=os.environ.get("TENANTSEARCH_LOG_FORMAT", "console"),
         )
         say("[5/6] starting tenantsearch api and indexer...")

@@ -38,13 +38,24 @@ from tenantsearch.api.routes import (
 from tenantsearch.api.routes import (
     tokens as token_routes,
 )
+from tenantsearch.api.routes import (
+    usage as usage_routes,
+)
 from tenantsearch.auth.audit import AuditLog
 from tenantsearch.auth.oidc import OidcConfig, OidcVerifier
 from tenantsearch.auth.service import AuthService, ClaimNames, KeyService
 from tenantsearch.auth.tenant_tokens import TenantTokenService
+from tenantsearch.cache.memory import MemoryCache
+from tenantsearch.cache.port import Cache
+from tenantsearch.cache.redis import RedisCache
 from tenantsearch.ingest.dead_letters import DeadLetterService
 from tenantsearch.ingest.indexer import Indexer, IndexerConfig
 from tenantsearch.ingest.service import DocumentReader, TaskService, WriteLimits, WriteService
+from tenantsearch.limits.memory import MemoryRateLimiter
+from tenantsearch.limits.port import RateLimiter
+from tenantsearch.limits.redis import RedisRateLimiter
+from tenantsearch.limits.service import LimitService
+from tenantsearch.limits.usage import UsageService
 from tenantsearch.observability.metrics import Metrics
 from tenantsearch.queue.port import Queue
 from tenantsearch.queue.rabbitmq import RabbitMqQueue
@@ -54,7 +65,13 @@ from tenantsearch.search.opensearch_backend import OpenSearchBackend
 from tenantsearch.search.port import SearchBackend
 from tenantsearch.search.service import SearchService
 from tenantsearch.search.tantivy_backend import TantivyBackend
-from tenantsearch.settings import QueueBackendKind, SearchBackendKind, Settings
+from tenantsearch.settings import (
+    CacheBackendKind,
+    LimiterBackendKind,
+    QueueBackendKind,
+    SearchBackendKind,
+    Settings,
+)
 from tenantsearch.store.db import create_engine, migrate
 from tenantsearch.store.repository import MetadataStore
 from tenantsearch.tenants.service import TenantService
@@ -106,6 +123,34 @@ def build_queue(settings: Settings, *, consumer: bool, engine: AsyncEngine) -> Q
                 prefetch=settings.rabbitmq_prefetch,
                 publish_timeout=settings.rabbitmq_publish_timeout_seconds,
             )
+
+
+def build_limiter(settings: Settings) -> RateLimiter:
+    match settings.limiter_backend:
+        case LimiterBackendKind.MEMORY:
+            return MemoryRateLimiter()
+        case LimiterBackendKind.REDIS:
+            assert settings.redis_url is not None  # checked by Settings
+            return RedisRateLimiter(
+                settings.redis_url.get_secret_value(), timeout=settings.limiter_timeout_seconds
+            )
+
+
+def build_cache(settings: Settings, *, run_indexer: bool) -> Cache | None:
+    """The search result cache, or None. An in-process cache only works where the indexer runs
+    in the same process (it bumps the generations that invalidate entries): with separate
+    indexer processes, results are cached only in Redis."""
+    match settings.cache_backend:
+        case CacheBackendKind.NONE:
+            return None
+        case CacheBackendKind.MEMORY:
+            if not run_indexer:
+                log.warning("search_cache_disabled", reason="in-process cache without indexer")
+                return None
+            return MemoryCache(max_entries=settings.cache_max_entries)
+        case CacheBackendKind.REDIS:
+            assert settings.redis_url is not None  # checked by Settings
+            return RedisCache(settings.redis_url.get_secret_value())
 
 
 def build_oidc(settings: Settings, http: httpx.AsyncClient) -> OidcVerifier | None:
@@ -178,6 +223,24 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
                 settings.metrics_token.get_secret_value() if settings.metrics_token else None
             ),
         )
+        limiter = build_limiter(settings)
+        cache = build_cache(settings, run_indexer=run_indexer)
+        await limiter.start()
+        if cache is not None:
+            await cache.start()
+        limits = LimitService(limiter, store, metrics, default_plan=settings.default_plan)
+        usage = UsageService(store, backend)
+
+        async def document_quota(tenant_id: str, incoming: int, size: int) -> None:
+            tenant_limits = await limits.limits_of(tenant_id)
+            await usage.check_document_quota(
+                tenant_id,
+                incoming,
+                tenant_limits.max_documents,
+                size=size,
+                max_stored_bytes=tenant_limits.max_stored_bytes,
+            )
+
         generated = await auth.bootstrap_admin_key()
         if generated:
             announce_admin_key(generated)
@@ -192,7 +255,7 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
             audit=audit,
             tokens=tokens,
             keys=KeyService(store, auth, audit),
-            tenants=TenantService(store, queue, auth, audit),
+            tenants=TenantService(store, queue, auth, audit, default_plan=settings.default_plan),
             collections=collections_service,
             writes=WriteService(
                 store,
@@ -204,16 +267,19 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
                     max_tenant_backlog_bytes=settings.max_tenant_backlog_bytes,
                     max_backlog_documents=settings.max_backlog_documents,
                 ),
+                quota=document_quota,
             ),
             tasks=TaskService(store),
             documents=DocumentReader(backend),
-            search=SearchService(backend),
+            search=SearchService(backend, cache, metrics, settings.cache_ttl_seconds),
             dead_letters=DeadLetterService(queue, store),
+            limits=limits,
+            usage=usage,
         )
         indexer_task = None
         indexer = None
         if run_indexer:
-            indexer = Indexer(queue, backend, store, indexer_config(settings))
+            indexer = Indexer(queue, backend, store, indexer_config(settings), cache=cache)
             indexer_task = asyncio.create_task(indexer.run(), name="indexer")
         log.info("started", version=__version__, data_dir=str(settings.data_dir))
         try:
@@ -226,6 +292,9 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
             await backend.close()
             await store.close()
             await http.aclose()
+            await limiter.close()
+            if cache is not None:
+                await cache.close()
             log.info("stopped")
 
     app = FastAPI(
@@ -246,6 +315,7 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
         tasks,
         audit_routes,
         dead_letters,
+        usage_routes,
         ops,
     )
     for module in routers:

@@ -25,6 +25,7 @@ SECRET_FIELDS = (
     "database_url",
     "rabbitmq_url",
     "metrics_token",
+    "redis_url",
 )
 
 
@@ -36,6 +37,17 @@ class SearchBackendKind(StrEnum):
 class QueueBackendKind(StrEnum):
     SQLITE = "sqlite"
     RABBITMQ = "rabbitmq"
+
+
+class LimiterBackendKind(StrEnum):
+    MEMORY = "memory"
+    REDIS = "redis"
+
+
+class CacheBackendKind(StrEnum):
+    MEMORY = "memory"
+    REDIS = "redis"
+    NONE = "none"
 
 
 class LogFormat(StrEnum):
@@ -105,6 +117,15 @@ class Settings(BaseSettings):
     max_tenant_backlog_bytes: Annotated[int, Field(ge=1024)] = 2 * 1024**3
     max_backlog_documents: Annotated[int, Field(ge=1)] = 5_000_000
 
+    # Rate limits, quotas and the search result cache.
+    redis_url: SecretStr | None = None
+    limiter_backend: LimiterBackendKind = LimiterBackendKind.MEMORY
+    limiter_timeout_seconds: Annotated[float, Field(gt=0, le=5)] = 0.05
+    cache_backend: CacheBackendKind = CacheBackendKind.MEMORY
+    cache_ttl_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    cache_max_entries: Annotated[int, Field(ge=1)] = 10_000
+    default_plan: str = "standard"
+
     metrics_token: SecretStr | None = Field(
         default=None,
         description="Bearer token for GET /metrics (which names tenants); the platform admin "
@@ -156,6 +177,27 @@ class Settings(BaseSettings):
     @property
     def opensearch_dedicated_tenant_ids(self) -> list[str]:
         return [t.strip() for t in self.opensearch_dedicated_tenants.split(",") if t.strip()]
+
+    @field_validator("default_plan")
+    @classmethod
+    def _known_plan(cls, value: str) -> str:
+        from tenantsearch.limits.plans import PLANS
+
+        if value not in PLANS:
+            raise ValueError(f"must be one of {', '.join(PLANS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _redis_complete(self) -> Settings:
+        uses_redis = (
+            self.limiter_backend == LimiterBackendKind.REDIS
+            or self.cache_backend == CacheBackendKind.REDIS
+        )
+        if uses_redis and self.redis_url is None:
+            raise ValueError(
+                "TENANTSEARCH_REDIS_URL (or _FILE) is required with a redis limiter or cache"
+            )
+        return self
 
     @model_validator(mode="after")
     def _oidc_complete(self) -> Settings:

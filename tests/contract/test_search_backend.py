@@ -21,9 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
-from tenantsearch.search.port import CollectionRef, InvalidCursor, SearchBackend
+from tenantsearch.search.port import CollectionRef, CollectionStats, InvalidCursor, SearchBackend
 from tenantsearch.search.query import (
     Filter,
     SearchQuery,
@@ -914,3 +915,73 @@ async def test_drop_tenant_removes_all_its_collections_only(backend: SearchBacke
         assert (await backend.search(ref, SearchQuery(text="data"))).total == 0
     assert await backend.get(other, "d1") == {"title": "data"}
     assert await backend.count(other) == 1
+
+
+# -- stats -------------------------------------------------------------------------------------
+
+
+def sizes(*docs: Mapping[str, Any]) -> int:
+    """``stored_bytes`` of ``docs`` by the port's definition, computed independently."""
+    return sum(len(orjson.dumps(dict(doc))) for doc in docs)
+
+
+async def test_stats_of_empty_and_missing_collections(backend: SearchBackend) -> None:
+    ref = await new_collection(backend)
+    assert await backend.stats(ref) == CollectionStats(documents=0, stored_bytes=0)
+    assert await backend.stats(new_ref()) == CollectionStats(documents=0, stored_bytes=0)
+
+
+async def test_stats_sum_the_stored_size_of_live_documents(backend: SearchBackend) -> None:
+    docs: dict[str, dict[str, Any]] = {
+        "a": {"title": "Red shoes", "tag": ["shoes", "red"], "stock": 3, "price": 9.5},
+        "b": {"id": "b", "title": ["Ünïcödé ☃", None], "published": "2024-03-01T10:00:00+02:00"},
+        "c": {},
+    }
+    ref = await new_collection(backend)
+    await index_docs(backend, ref, docs)
+
+    stats = await backend.stats(ref)
+    assert stats == CollectionStats(documents=3, stored_bytes=sizes(*docs.values()))
+    assert stats.documents == await backend.count(ref)
+
+
+async def test_stats_follow_updates_deletes_and_ignore_stale_ops(backend: SearchBackend) -> None:
+    ref = await new_collection(backend)
+    small = {"title": "small"}
+    other = {"title": "other", "stock": 7}
+    big = {"title": "big " * 200, "tag": "x"}
+    await apply_ok(backend, ref, [put("a", 1, **small), put("b", 1, **other)])
+    assert await backend.stats(ref) == CollectionStats(2, sizes(small, other))
+
+    await apply_ok(backend, ref, [put("a", 2, **big)])
+    assert await backend.stats(ref) == CollectionStats(2, sizes(big, other))
+
+    await apply_ok(backend, ref, [delete("b", 3)])
+    assert await backend.stats(ref) == CollectionStats(1, sizes(big))
+
+    stale = await backend.apply(ref, [put("b", 2, **big), put("a", 1, **small)])
+    assert [r.outcome for r in stale] == ["stale", "stale"]
+    assert await backend.stats(ref) == CollectionStats(1, sizes(big))
+
+    await apply_ok(backend, ref, [delete("a", 4)])
+    assert await backend.stats(ref) == CollectionStats(0, 0)
+
+
+async def test_stats_are_isolated_between_collections(backend: SearchBackend) -> None:
+    ours = new_ref(name="shared")
+    theirs = new_ref(name="shared")
+    sibling = new_ref(tenant=ours.tenant, name="sibling")
+    for ref in (ours, theirs, sibling):
+        await backend.ensure_collection(ref)
+    mine = {"title": "mine"}
+    yours = {"title": "yours, and longer"}
+    await index_docs(backend, ours, {"d1": mine})
+    await index_docs(backend, theirs, {"d1": yours, "d2": yours})
+
+    assert await backend.stats(ours) == CollectionStats(1, sizes(mine))
+    assert await backend.stats(theirs) == CollectionStats(2, sizes(yours, yours))
+    assert await backend.stats(sibling) == CollectionStats(0, 0)
+
+    await backend.drop_collection(theirs)
+    assert await backend.stats(theirs) == CollectionStats(0, 0)
+    assert await backend.stats(ours) == CollectionStats(1, sizes(mine))

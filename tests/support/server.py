@@ -22,7 +22,10 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, env: Mapping[str, str] | None = None, command: str = "serve"
+    ) -> None:
+        self.command = command
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -40,7 +43,7 @@ class ServerProcess:
         env.update(self.extra_env)
         with self.stdout_path.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tenantsearch", "serve"],
+                [sys.executable, "-m", "tenantsearch", self.command],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

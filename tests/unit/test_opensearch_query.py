@@ -377,7 +377,7 @@ def test_template_is_strict_bounded_and_has_every_language() -> None:
     assert mappings["dynamic"] == "strict"
     assert mappings["properties"]["f"]["dynamic"] == "strict_allow_templates"
     assert mappings["properties"]["doc"] == {"type": "object", "enabled": False}
-    assert mappings["_source"] == {"excludes": ["f"]}
+    assert mappings["_source"] == {"excludes": ["f", "_size"]}
     analyzers = analysis_settings()["analyzer"]
     assert set(analyzers) == {f"ts_{lang}" for lang in TEXT_LANGUAGES}
     assert analyzers["ts_none"]["filter"] == ["ts_long", "lowercase", "asciifolding"]

@@ -19,6 +19,8 @@ from tenantsearch.auth.tenant_tokens import TenantTokenService
 from tenantsearch.errors import Forbidden
 from tenantsearch.ingest.dead_letters import DeadLetterService
 from tenantsearch.ingest.service import DocumentReader, TaskService, WriteService
+from tenantsearch.limits.service import LimitService
+from tenantsearch.limits.usage import UsageService
 from tenantsearch.observability.metrics import Metrics
 from tenantsearch.queue.port import Queue
 from tenantsearch.search.collections import CollectionService
@@ -48,6 +50,8 @@ class Services:
     documents: DocumentReader
     search: SearchService
     dead_letters: DeadLetterService
+    limits: LimitService
+    usage: UsageService
 
 
 def get_services(request: Request) -> Services:
@@ -59,7 +63,8 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 class Requires:
-    """``Depends(Requires(Action.SEARCH))``: authenticate, then authorize one action."""
+    """``Depends(Requires(Action.SEARCH))``: authenticate, authorize one action, and spend the
+    tenant's budget for it (429 when spent)."""
 
     def __init__(self, action: Action) -> None:
         self.action = action
@@ -80,6 +85,10 @@ class Requires:
                 detail={"action": self.action.value, "route": request.url.path[:200]},
             )
             raise
+        admission = await services.limits.admit(principal, self.action)
+        if admission is not None:
+            request.state.ratelimit = admission.rate
+            request.state.quota = admission.quota
         return principal
 
 
@@ -94,6 +103,7 @@ TasksReader = Annotated[Principal, Depends(Requires(Action.TASKS_READ))]
 TokensAdmin = Annotated[Principal, Depends(Requires(Action.TOKENS_MANAGE))]
 AuditReader = Annotated[Principal, Depends(Requires(Action.AUDIT_READ))]
 DeadLettersAdmin = Annotated[Principal, Depends(Requires(Action.DEAD_LETTERS_MANAGE))]
+UsageReader = Annotated[Principal, Depends(Requires(Action.USAGE_READ))]
 
 
 async def visible_collection(services: Services, principal: Principal, name: str) -> Collection:

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenantsearch.api.problems import problem_response
+from tenantsearch.limits.service import headers_of
 from tenantsearch.observability.metrics import Metrics
 
 log = structlog.get_logger("tenantsearch.access")
@@ -105,6 +106,11 @@ class RequestContext:
                 status = message["status"]
                 headers: list[Any] = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
+                decision = scope["state"].get("ratelimit")
+                if decision is not None and status != 429:  # a 429 carries its own
+                    headers.extend(
+                        (k.lower().encode(), v.encode()) for k, v in headers_of(decision).items()
+                    )
                 message["headers"] = headers
             await send(message)
 

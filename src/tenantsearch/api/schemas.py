@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from tenantsearch.store.records import ApiKey, AuditEvent, Collection, Task, Tenant, TenantToken
 
@@ -35,13 +35,22 @@ class TenantCreate(Strict):
 
 
 class TenantPatch(Strict):
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    plan: str | None = Field(default=None, description="free, standard, enterprise or unlimited.")
+    limits: dict[str, StrictInt | None] | None = Field(
+        default=None,
+        description="Overrides of the plan (replacing earlier ones; {} clears them): "
+        "search_rate, search_burst, search_period (seconds, default 1), and the same for "
+        "write_ and admin_; daily_requests, max_documents, max_stored_bytes (null: unlimited).",
+    )
 
 
 class TenantOut(BaseModel):
     id: str
     name: str
     status: Literal["active", "deleting"]
+    plan: str
+    limits: dict[str, Any] | None = Field(description="Overrides of the plan, if any.")
     created_at: datetime
     updated_at: datetime
 

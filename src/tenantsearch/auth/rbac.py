@@ -27,6 +27,7 @@ class Action(StrEnum):
     TOKENS_MANAGE = "tokens.manage"
     AUDIT_READ = "audit.read"
     DEAD_LETTERS_MANAGE = "dead_letters.manage"
+    USAGE_READ = "usage.read"
 
 
 MATRIX: Mapping[Role, frozenset[Action]] = {
@@ -38,6 +39,7 @@ MATRIX: Mapping[Role, frozenset[Action]] = {
             Action.KEYS_MANAGE,
             Action.TOKENS_MANAGE,
             Action.AUDIT_READ,
+            Action.USAGE_READ,
             Action.COLLECTIONS_READ,
             Action.COLLECTIONS_WRITE,
             Action.DOCUMENTS_READ,

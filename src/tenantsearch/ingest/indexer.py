@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from tenantsearch.cache.port import Cache, CacheUnavailable
 from tenantsearch.errors import ServiceUnavailable
 from tenantsearch.ingest.messages import MalformedMessage, Message, decode
 from tenantsearch.queue.port import Delivery, Queue
@@ -29,6 +30,7 @@ from tenantsearch.search.collections import ref_of
 from tenantsearch.search.port import CollectionRef, SearchBackend
 from tenantsearch.search.query import WriteOp, WriteResult
 from tenantsearch.search.schema import CollectionSchema
+from tenantsearch.search.service import tenant_namespace
 from tenantsearch.store.records import Collection
 from tenantsearch.store.repository import MetadataStore
 
@@ -64,7 +66,10 @@ class Indexer:
         backend: SearchBackend,
         store: MetadataStore,
         config: IndexerConfig,
+        *,
+        cache: Cache | None = None,
     ) -> None:
+        self._cache = cache
         if config.failpoint is not None and config.failpoint not in FAILPOINTS:
             raise ValueError(f"unknown failpoint {config.failpoint!r}")
         self._queue = queue
@@ -149,6 +154,21 @@ class Indexer:
         if self._config.failpoint == "after_apply_before_ack":
             log.warning("failpoint_kill", failpoint=self._config.failpoint)
             os.kill(os.getpid(), signal.SIGKILL)
+        if any(r.outcome == "applied" for r in results) and not await self._invalidate(
+            collection.tenant_id
+        ):
+            # Until the tenant's cached results are invalidated, no task may say "succeeded":
+            # retry later (re-applying is harmless, the ops come back stale).
+            for delivery, _ in items:
+                await self._queue.retry(
+                    delivery,
+                    backoff(
+                        delivery.attempts,
+                        self._config.retry_base_seconds,
+                        self._config.retry_max_seconds,
+                    ),
+                )
+            return
         cursor = 0
         for delivery, message in items:
             mine = results[cursor : cursor + len(message.ops)]
@@ -198,6 +218,18 @@ class Indexer:
         )
         await self._queue.ack([delivery])
 
+    async def _invalidate(self, tenant: str) -> bool:
+        """Bump the tenant's cache generation: every cached search result of the tenant is then
+        a miss, and nobody else's. False when the cache cannot be reached."""
+        if self._cache is None:
+            return True
+        try:
+            await self._cache.bump_generation(tenant_namespace(tenant))
+        except CacheUnavailable:
+            log.warning("cache_invalidation_failed", invalidated_tenant=tenant)
+            return False
+        return True
+
     async def _control(self, delivery: Delivery, message: Message) -> None:
         if message.kind == "collection_delete" and message.uid:
             ref = CollectionRef(
@@ -212,6 +244,7 @@ class Indexer:
         else:
             await self._queue.dead_letter(delivery, f"unknown message kind {message.kind!r}")
             return
+        await self._invalidate(message.tenant)
         await self._store.record_progress(message.task_id, finish=True)
         await self._queue.ack([delivery])
 

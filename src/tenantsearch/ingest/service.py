@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,10 +115,18 @@ class _Checked:
 
 
 class WriteService:
-    def __init__(self, store: MetadataStore, queue: Queue, limits: WriteLimits) -> None:
+    def __init__(
+        self,
+        store: MetadataStore,
+        queue: Queue,
+        limits: WriteLimits,
+        *,
+        quota: Callable[[str, int, int], Awaitable[None]] | None = None,
+    ) -> None:
         self._store = store
         self._queue = queue
         self._limits = limits
+        self._quota = quota
         self._backpressure = Backpressure(queue, limits)
 
     async def put_document(
@@ -286,6 +294,9 @@ class WriteService:
             idempotency_key=idempotency_key,
         )
         await self._backpressure.check(collection.tenant_id, len(ops), size)
+        puts = sum(1 for _, doc in ops if doc is not None)
+        if self._quota is not None and puts:
+            await self._quota(collection.tenant_id, puts, size)
         first = await self._store.create_task(task, reserve_versions=len(ops))
         message = Message(
             kind="documents",

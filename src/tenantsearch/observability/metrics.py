@@ -41,6 +41,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.limiter_unavailable = Counter(
+            "tenantsearch_rate_limiter_unavailable_total",
+            "Requests whose rate limit could not be checked (search and writes pass, admin 503).",
+            ["budget"],
+            registry=self.registry,
+        )
+        self.cache_requests = Counter(
+            "tenantsearch_search_cache_requests_total",
+            "Search result cache lookups by tenant and outcome (hit, miss, error).",
+            ["tenant", "outcome"],
+            registry=self.registry,
+        )
         self.documents_indexed = Counter(
             "tenantsearch_documents_indexed_total",
             "Document writes applied by the indexer, by outcome.",

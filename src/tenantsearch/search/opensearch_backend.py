@@ -46,6 +46,8 @@ from tenantsearch.search.opensearch_mapping import (
     MAPPING_VERSION,
     REGISTRY_STATE_ACTIVE,
     REGISTRY_STATE_DROPPED,
+    SIZE_FIELD,
+    SIZE_MAPPING,
     Rejected,
     check_name_part,
     check_prefix,
@@ -67,7 +69,7 @@ from tenantsearch.search.opensearch_query import (
     live_query,
     scope_filters,
 )
-from tenantsearch.search.port import BackendUnavailable, CollectionRef
+from tenantsearch.search.port import BackendUnavailable, CollectionRef, CollectionStats
 from tenantsearch.search.query import Hit, SearchQuery, SearchResult, WriteOp, WriteResult
 from tenantsearch.search.schema import INT64_MAX
 
@@ -320,6 +322,19 @@ class OpenSearchBackend:
             self._registry_alias,
             self._registry_index,
             registry_index_body(replicas=self._replicas, aliases={self._registry_alias: {}}),
+        )
+        for placement in [self._shared, *self._dedicated.values()]:
+            await self._ensure_size_field(placement)
+
+    async def _ensure_size_field(self, placement: Placement) -> None:
+        """Add ``_size`` to indices created before it existed (the mapping is strict, so their
+        writes would be refused). Putting the same field again changes nothing, so this runs at
+        every start, on every index behind the placement's alias."""
+        await self._request(
+            "update the mapping",
+            lambda: self._os.indices.put_mapping(
+                index=placement.read_alias, body={"properties": {SIZE_FIELD: dict(SIZE_MAPPING)}}
+            ),
         )
 
     async def _ensure_index(self, alias: str, index: str, body: dict[str, Any]) -> None:
@@ -718,6 +733,29 @@ class OpenSearchBackend:
             ),
         )
         return int(response["count"])
+
+    async def stats(self, ref: CollectionRef) -> CollectionStats:
+        placement = self.placement(ref.tenant)
+        response = await self._request(
+            "measure the collection",
+            lambda: self._os.search(
+                index=placement.read_alias,
+                body={
+                    "size": 0,
+                    "track_total_hits": True,
+                    "query": live_query(Scope(ref.tenant, ref.uid)),
+                    "aggs": {"bytes": {"sum": {"field": SIZE_FIELD}}},
+                },
+                params=self._routing_params(placement, ref.tenant),
+            ),
+        )
+        try:
+            documents = int(response["hits"]["total"]["value"])
+            # A double: exact up to 2**53 bytes. Documents written before _size existed add 0.
+            stored = round(float(response["aggregations"]["bytes"]["value"] or 0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BackendError("the search engine gave an unexpected answer") from exc
+        return CollectionStats(documents=documents, stored_bytes=stored)
 
     async def search(self, ref: CollectionRef, query: SearchQuery) -> SearchResult:
         plan = build_search(Scope(ref.tenant, ref.uid), ref.schema, field_slots(ref.schema), query)

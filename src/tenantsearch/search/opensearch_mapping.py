@@ -17,6 +17,10 @@ Pure data and functions (no I/O), used by :mod:`opensearch_backend`; ``docs/arch
 - ``doc`` holds the document exactly as sent (an object with ``enabled: false``: stored in
   ``_source``, never parsed or indexed). ``f`` is excluded from ``_source``; text slots are
   ``store: true`` so highlighting can read them.
+- ``_size`` (a long, not indexed, not in ``_source``: doc values only) is the byte length of
+  ``doc`` as the port defines ``stored_bytes`` (``len(orjson.dumps(document))``); ``stats`` sums
+  it. Indices created before it existed get it with a mapping update at start; their older
+  documents count 0 bytes.
 - Delete tombstones are documents with ``_deleted: true`` (and the delete's external version);
   every read excludes them.
 """
@@ -50,6 +54,9 @@ TENANT_FIELD = "_tenant"
 COLLECTION_FIELD = "_collection"
 DOC_ID_FIELD = "_doc_id"
 DELETED_FIELD = "_deleted"
+SIZE_FIELD = "_size"
+SIZE_MAPPING: Mapping[str, Any] = {"type": "long", "index": False}
+"""Summed by aggregations (doc values), never searched."""
 SOURCE_OBJECT = "doc"
 SLOTS_OBJECT = "f"
 
@@ -202,7 +209,7 @@ def engine_document(
     try:
         # Fails for what JSON cannot hold (integers beyond 64 bits, non-string keys); checked here
         # so the op is refused alone instead of failing the whole bulk request.
-        orjson.dumps(source)
+        size = len(orjson.dumps(source))
     except TypeError as exc:
         raise Rejected(f"the document cannot be stored as JSON: {exc}") from exc
     return {
@@ -211,6 +218,7 @@ def engine_document(
         DOC_ID_FIELD: doc_id,
         SOURCE_OBJECT: source,
         SLOTS_OBJECT: typed,
+        SIZE_FIELD: size,
     }
 
 
@@ -279,13 +287,15 @@ def docs_mappings() -> dict[str, Any]:
     ]
     return {
         "dynamic": "strict",
-        "_source": {"excludes": [SLOTS_OBJECT]},
+        # _size is read through doc values only (indices created before it keep it in _source).
+        "_source": {"excludes": [SLOTS_OBJECT, SIZE_FIELD]},
         "dynamic_templates": templates,
         "properties": {
             TENANT_FIELD: {"type": "keyword"},
             COLLECTION_FIELD: {"type": "keyword"},
             DOC_ID_FIELD: {"type": "keyword"},
             DELETED_FIELD: {"type": "boolean"},
+            SIZE_FIELD: dict(SIZE_MAPPING),
             SOURCE_OBJECT: {"type": "object", "enabled": False},
             # Only fields a dynamic template maps may appear under f.
             SLOTS_OBJECT: {"type": "object", "dynamic": "strict_allow_templates"},

@@ -16,6 +16,12 @@ Contract (tested once for every adapter in ``tests/contract/test_search_backend.
   every time while the data does not change, so paging with ``next_after`` never skips or repeats
   a hit. ``total`` counts every match; ``facets`` count values of keyword fields among the matches;
   highlights wrap matched terms in ``<em>``/``</em>`` with the rest HTML-escaped.
+- ``stats`` returns the collection's live documents (delete tombstones excluded; the same number as
+  ``count``) and their ``stored_bytes``: the sum, over live documents, of
+  ``len(orjson.dumps(document))`` for the document exactly as the applied put carried it (the
+  stored original, default orjson options: compact UTF-8, keys in the order sent). Tombstones
+  count 0; an update replaces the old size. A missing collection is ``(0, 0)``. Documents written
+  by an adapter version that did not record sizes count 0 bytes (see each adapter).
 - Raises ``BackendUnavailable`` (a ``ServiceUnavailable``) when the engine cannot be reached and
   ``InvalidCursor`` for an ``after`` token it did not produce; never a driver's own error.
 - ``start`` before first use and ``close`` at the end; ``ping`` raises when the engine is unhealthy.
@@ -26,6 +32,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import orjson
 
 from tenantsearch.errors import InvalidInput, ServiceUnavailable
 from tenantsearch.search.query import SearchQuery, SearchResult, WriteOp, WriteResult
@@ -41,6 +49,20 @@ class CollectionRef:
     name: str
     uid: str
     schema: CollectionSchema
+
+
+@dataclass(frozen=True)
+class CollectionStats:
+    """Size of one collection: see ``stats`` in the module docstring."""
+
+    documents: int
+    stored_bytes: int
+
+
+def stored_size(document: Any) -> int:
+    """The byte length ``stored_bytes`` counts for one document (raises ``TypeError`` for what
+    JSON cannot hold)."""
+    return len(orjson.dumps(document))
 
 
 class BackendUnavailable(ServiceUnavailable):
@@ -71,5 +93,7 @@ class SearchBackend(Protocol):
     async def get(self, ref: CollectionRef, doc_id: str) -> dict[str, Any] | None: ...
 
     async def count(self, ref: CollectionRef) -> int: ...
+
+    async def stats(self, ref: CollectionRef) -> CollectionStats: ...
 
     async def search(self, ref: CollectionRef, query: SearchQuery) -> SearchResult: ...

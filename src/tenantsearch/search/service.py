@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
 
+from tenantsearch.auth.rbac import Principal
+from tenantsearch.cache.keys import permissions_digest, search_cache_key
+from tenantsearch.cache.port import Cache, CacheUnavailable
 from tenantsearch.errors import Forbidden, InvalidInput
+from tenantsearch.observability.metrics import Metrics
 from tenantsearch.search.collections import ref_of
 from tenantsearch.search.port import InvalidCursor, SearchBackend
 from tenantsearch.search.query import (
@@ -86,6 +91,28 @@ def decode_cursor(request: SearchRequest) -> str | None:
     return token
 
 
+def tenant_namespace(tenant: str) -> str:
+    """The cache generation namespace of a tenant (bumped by the indexer after each batch)."""
+    return f"tenant:{tenant}"
+
+
+def render(page: SearchPage) -> bytes:
+    hits = []
+    for hit in page.result.hits:
+        out: dict[str, object] = {"id": hit.id, "score": hit.score, "document": hit.document}
+        if hit.highlights is not None:
+            out["highlights"] = hit.highlights
+        hits.append(out)
+    return orjson.dumps(
+        {
+            "hits": hits,
+            "total": page.result.total,
+            "facets": page.result.facets,
+            "next_cursor": page.next_cursor,
+        }
+    )
+
+
 def mandatory_filter(collection: Collection, raw: Mapping[str, Any] | None) -> Filter | None:
     """A credential's mandatory filter for this collection. It was checked against the schema
     when the credential was made; a collection since recreated with other fields refuses it."""
@@ -106,8 +133,61 @@ def combine(mandatory: Filter | None, user: Filter | None) -> Filter | None:
 
 
 class SearchService:
-    def __init__(self, backend: SearchBackend) -> None:
+    def __init__(
+        self,
+        backend: SearchBackend,
+        cache: Cache | None = None,
+        metrics: Metrics | None = None,
+        ttl_seconds: float = 60.0,
+    ) -> None:
         self._backend = backend
+        self._cache = cache
+        self._metrics = metrics
+        self._ttl = ttl_seconds
+
+    async def search_json(
+        self, collection: Collection, request: SearchRequest, principal: Principal
+    ) -> bytes:
+        """The response body of one search, from the result cache when it holds it.
+
+        The cache key covers the tenant, everything that limits what the credential may see
+        (role, collections, mandatory filter), the collection's uid, the whole request and the
+        tenant's generation, which the indexer bumps after every applied batch: a hit is what
+        this very credential would get from the engine now."""
+        cache = self._cache
+        tenant = collection.tenant_id
+        key = None
+        if cache is not None:
+            try:
+                generation = await cache.generation(tenant_namespace(tenant))
+                key = search_cache_key(
+                    tenant,
+                    permissions_digest(
+                        principal.role.value, principal.collections, principal.filter
+                    ),
+                    collection.uid,
+                    asdict(request),
+                    generation,
+                )
+                cached = await cache.get(key)
+            except CacheUnavailable:
+                self._count(tenant, "error")
+                cache = None
+            else:
+                if cached is not None:
+                    self._count(tenant, "hit")
+                    return cached
+                self._count(tenant, "miss")
+        page = await self.search(collection, request, principal.filter)
+        body = render(page)
+        if cache is not None and key is not None:
+            with contextlib.suppress(CacheUnavailable):
+                await cache.set(key, body, self._ttl)
+        return body
+
+    def _count(self, tenant: str, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.cache_requests.labels(tenant, outcome).inc()
 
     async def search(
         self,

@@ -1,6 +1,6 @@
 """The embedded SearchBackend: one tantivy index directory per collection, ``root/<tenant>/<uid>/``.
 
-Each index holds the collection's declared fields plus five hidden ones:
+Each index holds the collection's declared fields plus six hidden ones:
 
 - ``_id`` (raw text, stored): the document id; deletes and version look-ups go by it.
 - ``_idh`` (integer, fast): a 64-bit hash of the id, so a version look-up of a whole batch reads
@@ -10,6 +10,9 @@ Each index holds the collection's declared fields plus five hidden ones:
 - ``_source`` (stored bytes): the document exactly as it was sent (orjson), returned by ``get``
   and in hits. Text fields are therefore not stored a second time: highlights are cut from the
   source.
+- ``_size`` (integer, fast): the byte length of ``_source`` (puts only), summed by ``stats``. An
+  index created before this field existed is opened with its own schema (without it) and its
+  ``stored_bytes`` count as 0 (logged when the index is opened); new collections get the field.
 
 Dates are indexed as integer microseconds since the epoch, not as tantivy dates: tantivy-py's
 date fields keep only whole seconds, so ``gt 12:00:00.1`` would not match ``12:00:00.5``.
@@ -53,7 +56,12 @@ import tantivy
 
 from tenantsearch.errors import BackendError, FieldError, InvalidInput, TenantSearchError
 from tenantsearch.search import analyzers
-from tenantsearch.search.port import BackendUnavailable, CollectionRef, InvalidCursor
+from tenantsearch.search.port import (
+    BackendUnavailable,
+    CollectionRef,
+    CollectionStats,
+    InvalidCursor,
+)
 from tenantsearch.search.query import (
     And,
     Eq,
@@ -88,6 +96,7 @@ ID_HASH_FIELD = "_idh"
 VERSION_FIELD = "_version"
 DELETED_FIELD = "_deleted"
 SOURCE_FIELD = "_source"
+SIZE_FIELD = "_size"
 
 MAX_LIMIT = 10_000
 """Largest page a search may ask for (tantivy allocates for ``offset + limit`` hits up front)."""
@@ -119,6 +128,8 @@ class _Collection:
     index: tantivy.Index
     text_fields: tuple[tuple[str, str | None], ...]
     builder: _DocumentBuilder
+    sized: bool = True
+    """Whether the index has ``_size`` (false for indexes created before it existed)."""
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     writer: tantivy.IndexWriter | None = None
     dropped: bool = False
@@ -130,13 +141,15 @@ def _date_micros(value: datetime) -> int:
     return (value - _EPOCH) // _MICROSECOND
 
 
-def _engine_schema(schema: CollectionSchema) -> tantivy.Schema:
+def _engine_schema(schema: CollectionSchema, *, sized: bool = True) -> tantivy.Schema:
     builder = tantivy.SchemaBuilder()
     builder.add_text_field(ID_FIELD, stored=True, tokenizer_name="raw", index_option="basic")
     builder.add_integer_field(ID_HASH_FIELD, fast=True)
     builder.add_integer_field(VERSION_FIELD, fast=True)
     builder.add_boolean_field(DELETED_FIELD, indexed=True)
     builder.add_bytes_field(SOURCE_FIELD, stored=True)
+    if sized:
+        builder.add_integer_field(SIZE_FIELD, fast=True)
     # Sorted so the same collection schema always builds the same engine schema (tantivy compares
     # it with the stored one when the index is opened).
     for name, spec in sorted(schema.fields.items()):
@@ -256,8 +269,9 @@ def _field_adder(name: str, spec: FieldSpec) -> _Adder:
 class _DocumentBuilder:
     """Turns a client document into an engine document for one collection schema."""
 
-    def __init__(self, schema: CollectionSchema) -> None:
+    def __init__(self, schema: CollectionSchema, *, sized: bool = True) -> None:
         self._adders = {name: _field_adder(name, spec) for name, spec in schema.fields.items()}
+        self._sized = sized
 
     def document(self, doc_id: str, version: int, source: Mapping[str, Any]) -> tantivy.Document:
         payload = source if isinstance(source, dict) else dict(source)
@@ -267,6 +281,8 @@ class _DocumentBuilder:
             raise _Rejected(f"the document cannot be stored as JSON: {exc}") from exc
         doc = self._base(doc_id, version)
         doc.add_bytes(SOURCE_FIELD, raw)
+        if self._sized:
+            doc.add_integer(SIZE_FIELD, len(raw))
         adders = self._adders
         for name, value in payload.items():
             add = adders.get(name)
@@ -499,8 +515,21 @@ class TantivyBackend:
             if not create and not (path.is_dir() and tantivy.Index.exists(str(path))):
                 return None
             path.mkdir(parents=True, exist_ok=True)
+            sized = True
             engine_schema = _engine_schema(ref.schema)
-            index = tantivy.Index(engine_schema, path=str(path), reuse=True)
+            try:
+                index = tantivy.Index(engine_schema, path=str(path), reuse=True)
+            except ValueError:
+                # The schema does not match: an index created before sizes were recorded is
+                # opened with its own schema (a genuine mismatch fails again, here).
+                engine_schema = _engine_schema(ref.schema, sized=False)
+                index = tantivy.Index(engine_schema, path=str(path), reuse=True)
+                sized = False
+                _log.warning(
+                    "the index %s has no document sizes (created before they were recorded); "
+                    "its stored_bytes count as 0",
+                    path,
+                )
             analyzers.register_analyzers(index)
             # Reload only after our own commits: a merge finishing in the background must not
             # change the segment set (and so the tie order) under a client paging through hits.
@@ -519,7 +548,8 @@ class TantivyBackend:
                 engine_schema=engine_schema,
                 index=index,
                 text_fields=text_fields,
-                builder=_DocumentBuilder(ref.schema),
+                builder=_DocumentBuilder(ref.schema, sized=sized),
+                sized=sized,
             )
             self._collections[ref.uid] = coll
             return coll
@@ -708,6 +738,9 @@ class TantivyBackend:
     async def count(self, ref: CollectionRef) -> int:
         return await asyncio.to_thread(self._count, ref)
 
+    async def stats(self, ref: CollectionRef) -> CollectionStats:
+        return await asyncio.to_thread(self._stats, ref)
+
     async def search(self, ref: CollectionRef, query: SearchQuery) -> SearchResult:
         return await asyncio.to_thread(self._search, ref, query)
 
@@ -739,6 +772,22 @@ class TantivyBackend:
             if coll is None:
                 return 0
             return self._total(coll.index.searcher(), self._live(coll, None))
+
+    def _stats(self, ref: CollectionRef) -> CollectionStats:
+        with _engine_errors("measure the collection"):
+            coll = self._open(ref, create=False)
+            if coll is None:
+                return CollectionStats(documents=0, stored_bytes=0)
+            searcher = coll.index.searcher()
+            live = self._live(coll, None)
+            documents = self._total(searcher, live)
+            stored = 0
+            if coll.sized and documents:
+                answer = searcher.aggregate(live, {"bytes": {"sum": {"field": SIZE_FIELD}}})
+                value = answer.get("bytes", {}).get("value")
+                # The sum is a float64: exact up to 2**53 bytes (8 PiB).
+                stored = round(value) if isinstance(value, int | float) else 0
+            return CollectionStats(documents=documents, stored_bytes=stored)
 
     @staticmethod
     def _total(searcher: tantivy.Searcher, query: tantivy.Query) -> int:

@@ -23,6 +23,8 @@ class TenantRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | deleting
+    plan: Mapped[str] = mapped_column(String(32), default="standard")
+    limits: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

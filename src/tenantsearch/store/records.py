@@ -39,6 +39,8 @@ class Tenant:
     status: str
     created_at: datetime
     updated_at: datetime
+    plan: str = "standard"
+    limits: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,8 @@ def _tenant(row: TenantRow) -> Tenant:
         status=row.status,
         created_at=_aware(row.created_at) or _now(),
         updated_at=_aware(row.updated_at) or _now(),
+        plan=row.plan,
+        limits=row.limits,
     )
 
 
@@ -167,9 +169,17 @@ class MetadataStore:
 
     # -- tenants -------------------------------------------------------------------------------
 
-    async def create_tenant(self, tenant_id: str, name: str) -> Tenant:
+    async def create_tenant(self, tenant_id: str, name: str, plan: str = "standard") -> Tenant:
         now = _now()
-        row = TenantRow(id=tenant_id, name=name, status="active", created_at=now, updated_at=now)
+        row = TenantRow(
+            id=tenant_id,
+            name=name,
+            status="active",
+            plan=plan,
+            limits=None,
+            created_at=now,
+            updated_at=now,
+        )
         async with self._tx() as s:
             if await s.get(TenantRow, tenant_id) is not None:
                 raise Conflict(f"tenant {tenant_id!r} already exists", code="tenant_exists")
@@ -189,8 +199,15 @@ class MetadataStore:
             return [_tenant(r) for r in (await s.scalars(query)).all()]
 
     async def update_tenant(
-        self, tenant_id: str, *, name: str | None = None, status: str | None = None
+        self,
+        tenant_id: str,
+        *,
+        name: str | None = None,
+        status: str | None = None,
+        plan: str | None = None,
+        limits: dict[str, Any] | None = None,
     ) -> Tenant | None:
+        """Change the given fields; ``limits`` replaces the overrides (``{}`` clears them)."""
         async with self._tx() as s:
             row = await s.get(TenantRow, tenant_id)
             if row is None:
@@ -199,6 +216,10 @@ class MetadataStore:
                 row.name = name
             if status is not None:
                 row.status = status
+            if plan is not None:
+                row.plan = plan
+            if limits is not None:
+                row.limits = limits or None
             row.updated_at = _now()
             return _tenant(row)
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import structlog
 
 from tenantsearch.auth.audit import AuditLog
 from tenantsearch.auth.rbac import Principal
 from tenantsearch.auth.service import AuthService
-from tenantsearch.errors import Conflict, NotFound
+from tenantsearch.errors import Conflict, FieldError, InvalidInput, NotFound
 from tenantsearch.ingest.messages import Message, encode
+from tenantsearch.limits.plans import PLANS, OverrideErrors, check_overrides
 from tenantsearch.queue.port import Queue
 from tenantsearch.search.collections import check_name, new_id
 from tenantsearch.store.records import Task, TaskKind, TaskStatus, Tenant
@@ -19,8 +23,15 @@ log = structlog.get_logger(__name__)
 
 class TenantService:
     def __init__(
-        self, store: MetadataStore, queue: Queue, auth: AuthService, audit: AuditLog
+        self,
+        store: MetadataStore,
+        queue: Queue,
+        auth: AuthService,
+        audit: AuditLog,
+        *,
+        default_plan: str = "standard",
     ) -> None:
+        self._default_plan = default_plan
         self._store = store
         self._queue = queue
         self._auth = auth
@@ -28,7 +39,7 @@ class TenantService:
 
     async def create(self, tenant_id: str, name: str, creator: Principal | None = None) -> Tenant:
         check_name(tenant_id, "tenant")
-        tenant = await self._store.create_tenant(tenant_id, name)
+        tenant = await self._store.create_tenant(tenant_id, name, plan=self._default_plan)
         log.info("tenant_created", created_tenant=tenant_id)
         self._auth.forget_tenant(tenant_id)  # an erased tenant's id may be reused at once
         await self._audit.record("tenant.create", principal=creator, tenant_id=tenant_id)
@@ -49,9 +60,31 @@ class TenantService:
     async def list(self, *, limit: int, after: str | None) -> list[Tenant]:
         return await self._store.list_tenants(limit=limit, after=after)
 
-    async def rename(self, tenant_id: str, name: str) -> Tenant:
+    async def update(
+        self,
+        tenant_id: str,
+        *,
+        name: str | None = None,
+        plan: str | None = None,
+        limits: Mapping[str, Any] | None = None,
+    ) -> Tenant:
+        """Rename, change the plan, or replace the limit overrides (``{}`` clears them)."""
         await self.get_active(tenant_id)
-        tenant = await self._store.update_tenant(tenant_id, name=name)
+        if plan is not None and plan not in PLANS:
+            raise InvalidInput(
+                f"plan must be one of {', '.join(PLANS)}",
+                code="invalid_plan",
+                errors=[FieldError("/plan", "unknown plan")],
+            )
+        overrides = None
+        if limits is not None:
+            try:
+                overrides = check_overrides(limits)
+            except OverrideErrors as exc:
+                raise InvalidInput(
+                    "the limits are not valid", errors=exc.errors, code="invalid_limits"
+                ) from exc
+        tenant = await self._store.update_tenant(tenant_id, name=name, plan=plan, limits=overrides)
         if tenant is None:
             raise NotFound(f"tenant {tenant_id!r} not found", code="tenant_not_found")
         return tenant

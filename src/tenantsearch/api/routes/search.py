@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Request, Response
 
 from tenantsearch.api.deps import Searcher, ServicesDep
@@ -36,18 +35,5 @@ async def search(
         cursor=body.cursor,
         highlight=body.highlight,
     )
-    page = await services.search.search(collection, search_request, principal.filter)
-    result = page.result
-    hits = []
-    for hit in result.hits:
-        out: dict[str, object] = {"id": hit.id, "score": hit.score, "document": hit.document}
-        if hit.highlights is not None:
-            out["highlights"] = hit.highlights
-        hits.append(out)
-    payload = {
-        "hits": hits,
-        "total": result.total,
-        "facets": result.facets,
-        "next_cursor": page.next_cursor,
-    }
-    return cached_json(request, orjson.dumps(payload))
+    payload = await services.search.search_json(collection, search_request, principal)
+    return cached_json(request, payload)

@@ -53,7 +53,12 @@ async def get_tenant(tenant_id: str, _: TenantsAdmin, services: ServicesDep) -> 
 async def patch_tenant(
     tenant_id: str, body: TenantPatch, _: TenantsAdmin, services: ServicesDep
 ) -> TenantOut:
-    return TenantOut.of(await services.tenants.rename(tenant_id, body.name))
+    """Rename the tenant, move it to another plan, or override the plan's limits."""
+    tenant = await services.tenants.update(
+        tenant_id, name=body.name, plan=body.plan, limits=body.limits
+    )
+    services.limits.forget(tenant_id)
+    return TenantOut.of(tenant)
 
 
 @router.delete("/{tenant_id}", status_code=status.HTTP_202_ACCEPTED, response_model=TaskOut)
