@@ -14,7 +14,7 @@ from tenantsearch.ingest.messages import Message, encode
 from tenantsearch.queue.port import Queue, QueueUnavailable
 from tenantsearch.search.port import CollectionRef, SearchBackend
 from tenantsearch.search.schema import NAME_RE, CollectionSchema, SchemaErrors, parse_schema
-from tenantsearch.store.records import Collection, Task, TaskKind, TaskStatus
+from tenantsearch.store.records import Collection, Task, TaskKind
 from tenantsearch.store.repository import MetadataStore
 
 log = structlog.get_logger(__name__)
@@ -131,16 +131,7 @@ class CollectionService:
         self._cache.pop((tenant_id, name), None)
         if collection is None:
             raise NotFound(f"collection {name!r} not found", code="collection_not_found")
-        task = Task(
-            id=new_id(),
-            tenant_id=tenant_id,
-            collection=name,
-            kind=TaskKind.COLLECTION_DELETE,
-            status=TaskStatus.QUEUED,
-            received=0,
-            indexed=0,
-            failed=0,
-        )
+        task = Task.queued(new_id(), tenant_id, TaskKind.COLLECTION_DELETE, name)
         await self._store.create_task(task)
         message = Message(
             kind="collection_delete",

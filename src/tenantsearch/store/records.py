@@ -86,6 +86,11 @@ class Task:
     def finished(self) -> bool:
         return self.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
 
+    @classmethod
+    def queued(cls, task_id: str, tenant_id: str, kind: TaskKind, collection: str | None) -> Task:
+        """A new task for work that carries no documents (a deletion or an erasure)."""
+        return cls(task_id, tenant_id, collection, kind, TaskStatus.QUEUED, 0, 0, 0)
+
 
 @dataclass(frozen=True)
 class TenantToken:

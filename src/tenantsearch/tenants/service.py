@@ -15,7 +15,7 @@ from tenantsearch.ingest.messages import Message, encode
 from tenantsearch.limits.plans import PLANS, OverrideErrors, check_overrides
 from tenantsearch.queue.port import Queue
 from tenantsearch.search.collections import check_name, new_id
-from tenantsearch.store.records import Task, TaskKind, TaskStatus, Tenant
+from tenantsearch.store.records import Task, TaskKind, Tenant
 from tenantsearch.store.repository import MetadataStore
 
 log = structlog.get_logger(__name__)
@@ -100,16 +100,7 @@ class TenantService:
         await self.get(tenant_id)
         await self._store.update_tenant(tenant_id, status="deleting")
         self._auth.forget_tenant(tenant_id)
-        task = Task(
-            id=new_id(),
-            tenant_id=tenant_id,
-            collection=None,
-            kind=TaskKind.TENANT_ERASURE,
-            status=TaskStatus.QUEUED,
-            received=0,
-            indexed=0,
-            failed=0,
-        )
+        task = Task.queued(new_id(), tenant_id, TaskKind.TENANT_ERASURE, None)
         await self._store.create_task(task)
         await self._queue.publish(
             encode(Message(kind="tenant_erasure", task_id=task.id, tenant=tenant_id)),
