@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import structlog
 
-from tenantsearch.app import build_backend, build_queue, indexer_config
+from tenantsearch.app import build_backend, build_cache, build_queue, indexer_config
 from tenantsearch.ingest.dead_letters import DeadLetterService
 from tenantsearch.ingest.indexer import Indexer
 from tenantsearch.queue.port import Queue
 from tenantsearch.search.port import SearchBackend
-from tenantsearch.settings import Settings
+from tenantsearch.settings import CacheBackendKind, Settings
 from tenantsearch.store.db import create_engine, migrate
 from tenantsearch.store.repository import MetadataStore
 
@@ -58,13 +58,26 @@ async def runtime(
 
 async def run_indexer(settings: Settings) -> None:
     """Consume until SIGTERM or SIGINT; then finish the batch in hand and exit."""
+    # A shared (Redis) result cache must learn of every applied batch; an in-process cache of
+    # this process would serve nobody (API processes do not cache without a shared cache).
+    cache = (
+        build_cache(settings, run_indexer=True)
+        if settings.cache_backend == CacheBackendKind.REDIS
+        else None
+    )
     async with runtime(settings, consumer=True, with_backend=True) as rt:
         assert rt.backend is not None
-        indexer = Indexer(rt.queue, rt.backend, rt.store, indexer_config(settings))
+        if cache is not None:
+            await cache.start()
+        indexer = Indexer(rt.queue, rt.backend, rt.store, indexer_config(settings), cache=cache)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, indexer.stop)
-        await indexer.run()
+        try:
+            await indexer.run()
+        finally:
+            if cache is not None:
+                await cache.close()
 
 
 @contextlib.asynccontextmanager
