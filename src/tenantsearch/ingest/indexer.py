@@ -150,7 +150,22 @@ class Indexer:
                 await self._queue.ack([delivery])
             return
         ops: list[WriteOp] = [op for _, message in items for op in message.ops]
-        results = await self._backend.apply(ref_of(collection), ops)
+        try:
+            results = await self._backend.apply(ref_of(collection), ops)
+        except ServiceUnavailable as exc:
+            # The engine is unreachable or refuses us: give the batch back at once, with backoff,
+            # rather than leaving it leased until the queue's lease expires.
+            log.warning("engine_unavailable_retry", collection=collection.name, error=exc.code)
+            for delivery, _ in items:
+                await self._queue.retry(
+                    delivery,
+                    backoff(
+                        delivery.attempts,
+                        self._config.retry_base_seconds,
+                        self._config.retry_max_seconds,
+                    ),
+                )
+            return
         if self._config.failpoint == "after_apply_before_ack":
             log.warning("failpoint_kill", failpoint=self._config.failpoint)
             os.kill(os.getpid(), signal.SIGKILL)

@@ -47,6 +47,13 @@ def encode(message: Message) -> bytes:
     )
 
 
+def _op(raw: Any) -> WriteOp:
+    doc, doc_id = raw["doc"], raw["id"]
+    if not isinstance(doc_id, str) or not (doc is None or isinstance(doc, dict)):
+        raise MalformedMessage("an op needs a string id and an object (or null) document")
+    return WriteOp(doc_id, int(raw["ver"]), doc)
+
+
 def decode(body: bytes) -> Message:
     try:
         raw: Any = orjson.loads(body)
@@ -58,7 +65,7 @@ def decode(body: bytes) -> Message:
             tenant=raw["tenant"],
             collection=raw.get("collection"),
             uid=raw.get("uid"),
-            ops=tuple(WriteOp(op["id"], int(op["ver"]), op["doc"]) for op in raw["ops"]),
+            ops=tuple(_op(op) for op in raw["ops"]),
         )
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, MalformedMessage):

@@ -162,6 +162,10 @@ def classify_item(doc_id: str, item: Mapping[str, Any]) -> WriteResult:
     if status in RETRY_STATUSES or status >= 500 or status in (404, 408):
         return WriteResult(doc_id, "retryable", _OVERLOADED)
     error_type = _item_error_type(item)
+    if error_type == "cluster_block_exception":
+        # A write block (index.blocks.write, read_only_allow_delete) is an operator's or the
+        # disk watermark's, and is lifted again: wait it out, never fail accepted writes for it.
+        return WriteResult(doc_id, "retryable", "the search engine blocks writes for now")
     log.warning("opensearch_document_refused", status=status, error_type=error_type)
     if error_type in ("mapper_parsing_exception", "document_parsing_exception"):
         return WriteResult(doc_id, "permanent", "a field value was refused by the search engine")

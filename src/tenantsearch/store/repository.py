@@ -426,6 +426,10 @@ class MetadataStore:
             row = await s.get(TaskRow, task_id, with_for_update=True)
             if row is None:
                 return None
+            if finish and row.finished_at is not None:
+                # Delivered again after its outcome was recorded (the ack was lost): the first
+                # recording stands, counts are not added twice.
+                return _task(row)
             row.indexed += indexed
             row.failed += failed
             if errors and len(row.errors or []) < MAX_TASK_ERRORS:
