@@ -14,8 +14,9 @@ share nothing.
   presenting an untrusted certificate answers 503 ``search_unavailable``, no stack trace;
 - (c) wrong or missing credentials: ``BackendUnavailable`` after one request (a 401 is not
   retried); a running app whose credentials stop being accepted answers 503
-  ``search_unavailable`` with none of the proxy's text, keeps queueing writes (202), and searches
-  again once they work. That such a write then lands *soon* is pinned as a known bug (xfail);
+  ``search_unavailable`` with none of the proxy's text, keeps queueing writes (202), searches
+  again once they work, and applies a write queued meanwhile within seconds (this found a bug,
+  since fixed in ``Indexer``: the refused batch stayed leased for the queue's 300 s lease);
 - (d) ``TENANTSEARCH_OPENSEARCH_PASSWORD_FILE`` (with ``..._CA_FILE``, from the environment)
   runs the whole app through the proxy.
 
@@ -471,8 +472,10 @@ def assert_unavailable_problem(response: httpx.Response) -> None:
     body = response.json()
     assert body["code"] == "search_unavailable", body
     assert body["status"] == 503
+    # (The request id is random hex, which may contain "401" by chance.)
+    visible = str({k: v for k, v in body.items() if k != "request_id"}).lower()
     for text in PROXY_TEXT:
-        assert text.lower() not in response.text.lower(), (text, response.text)
+        assert text.lower() not in visible, (text, response.text)
 
 
 def causes(exc: BaseException) -> str:

@@ -54,7 +54,8 @@ class Services:
     usage: UsageService
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: a plain def would send every request through FastAPI's thread pool.
     services: Services = request.app.state.services
     return services
 

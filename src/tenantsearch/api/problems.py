@@ -61,7 +61,9 @@ def problem_response(
 async def _ours(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TenantSearchError)
     if exc.status >= 500:
-        log.warning("request_failed", code=exc.code, status=exc.status, cause=repr(exc.__cause__))
+        # Only the cause's type: its text may quote an engine's or a proxy's response.
+        cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else None
+        log.warning("request_failed", code=exc.code, status=exc.status, cause=cause)
     return problem_response(
         request,
         status=exc.status,
