@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -14,25 +13,8 @@ from tenantsearch.ingest.dead_letters import DeadLetterSummary
 router = APIRouter(prefix="/v1/admin/dead-letters", tags=["operations"])
 
 
-class DeadLetterOut(BaseModel):
-    id: str
-    tenant: str
-    reason: str
-    attempts: int
-    dead_at: datetime
-    bytes: int
-    kind: str | None
-    task_id: str | None
-    collection: str | None
-    document_ids: list[str]
-
-    @classmethod
-    def of(cls, summary: DeadLetterSummary) -> DeadLetterOut:
-        return cls.model_validate(summary, from_attributes=True)
-
-
 class DeadLetterList(BaseModel):
-    dead_letters: list[DeadLetterOut]
+    dead_letters: list[DeadLetterSummary]
 
 
 class Purged(BaseModel):
@@ -48,22 +30,22 @@ async def list_dead_letters(
 ) -> DeadLetterList:
     """Oldest first, with the reason and the first document ids of each."""
     letters = await services.dead_letters.list(tenant=tenant, limit=limit)
-    return DeadLetterList(dead_letters=[DeadLetterOut.of(d) for d in letters])
+    return DeadLetterList(dead_letters=letters)
 
 
-@router.get("/{letter_id}", response_model=DeadLetterOut)
+@router.get("/{letter_id}", response_model=DeadLetterSummary)
 async def get_dead_letter(
     letter_id: str, _: DeadLettersAdmin, services: ServicesDep
-) -> DeadLetterOut:
-    return DeadLetterOut.of(await services.dead_letters.get(letter_id))
+) -> DeadLetterSummary:
+    return await services.dead_letters.get(letter_id)
 
 
-@router.post("/{letter_id}/replay", response_model=DeadLetterOut)
+@router.post("/{letter_id}/replay", response_model=DeadLetterSummary)
 async def replay_dead_letter(
     letter_id: str, _: DeadLettersAdmin, services: ServicesDep
-) -> DeadLetterOut:
+) -> DeadLetterSummary:
     """Queue the write again; its task is reopened and ends with the new attempt's outcome."""
-    return DeadLetterOut.of(await services.dead_letters.replay(letter_id))
+    return await services.dead_letters.replay(letter_id)
 
 
 @router.delete("", response_model=Purged)
