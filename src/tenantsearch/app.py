@@ -41,6 +41,7 @@ from tenantsearch.api.routes import (
 from tenantsearch.api.routes import (
     usage as usage_routes,
 )
+from tenantsearch.api.search_fast import SearchFastPath
 from tenantsearch.auth.audit import AuditLog
 from tenantsearch.auth.oidc import OidcConfig, OidcVerifier
 from tenantsearch.auth.service import AuthService, ClaimNames, KeyService
@@ -320,6 +321,7 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
     )
     for module in routers:
         app.include_router(module.router)
+    app.add_middleware(SearchFastPath)  # added first: innermost, inside the two below
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext, metrics=metrics)  # added last: outermost
     return app

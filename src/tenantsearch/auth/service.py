@@ -8,13 +8,13 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import structlog
-from cachetools import TTLCache
 
 from tenantsearch.auth import keys, tenant_tokens
 from tenantsearch.auth.audit import AuditLog
 from tenantsearch.auth.oidc import OidcVerifier
 from tenantsearch.auth.rbac import CredentialKind, Principal, within_reach
 from tenantsearch.auth.tenant_tokens import TenantTokenService
+from tenantsearch.cache.refresh_ahead import RefreshAheadCache
 from tenantsearch.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
 from tenantsearch.store.records import ApiKey, Role
 from tenantsearch.store.repository import MetadataStore
@@ -59,10 +59,10 @@ class AuthService:
         self._tokens = tokens
         self._oidc = oidc
         self._claims = claims
-        self._tenants: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=CREDENTIAL_CACHE_SECONDS)
+        self._tenants: RefreshAheadCache[str, bool] = RefreshAheadCache(CREDENTIAL_CACHE_SECONDS)
         # key id -> (record, its tenant is active); only keys that exist are cached.
-        self._cache: TTLCache[str, tuple[ApiKey, bool]] = TTLCache(
-            maxsize=100_000, ttl=CREDENTIAL_CACHE_SECONDS
+        self._cache: RefreshAheadCache[str, tuple[ApiKey, bool]] = RefreshAheadCache(
+            CREDENTIAL_CACHE_SECONDS
         )
 
     def forget(self, key_id: str | None = None) -> None:
@@ -71,33 +71,31 @@ class AuthService:
             self._cache.clear()
             self._tenants.clear()
         else:
-            self._cache.pop(key_id, None)
+            self._cache.pop(key_id)
 
     def forget_tenant(self, tenant_id: str) -> None:
         """Drop the cached status of one tenant (created or erased by this process)."""
-        self._tenants.pop(tenant_id, None)
-        for key_id, (record, _) in list(self._cache.items()):
+        self._tenants.pop(tenant_id)
+        for key_id, (record, _) in self._cache.items():
             if record.tenant_id == tenant_id:
-                self._cache.pop(key_id, None)
+                self._cache.pop(key_id)
 
     async def _lookup(self, key_id: str) -> tuple[ApiKey, bool] | None:
-        cached = self._cache.get(key_id)
-        if cached is not None:
-            return cached
-        record = await self._store.get_key(key_id)
-        if record is None:
-            return None
-        active = record.tenant_id is None or await self._tenant_active(record.tenant_id)
-        self._cache[key_id] = (record, active)
-        return record, active
+        async def load() -> tuple[ApiKey, bool] | None:
+            record = await self._store.get_key(key_id)
+            if record is None:
+                return None
+            active = record.tenant_id is None or await self._tenant_active(record.tenant_id)
+            return record, active
+
+        return await self._cache.get(key_id, load)
 
     async def _tenant_active(self, tenant_id: str) -> bool:
-        active = self._tenants.get(tenant_id)
-        if active is None:
+        async def load() -> bool:
             tenant = await self._store.get_tenant(tenant_id)
-            active = tenant is not None and tenant.status == "active"
-            self._tenants[tenant_id] = active
-        return active
+            return tenant is not None and tenant.status == "active"
+
+        return bool(await self._tenants.get(tenant_id, load))
 
     async def bootstrap_admin_key(self) -> str | None:
         """With no admin key configured and none stored, create one; return its secret once."""
@@ -180,7 +178,7 @@ class AuthService:
             raise Unauthenticated("the key is not valid", code="invalid_credentials")
         if record.last_used_at is None or (now - record.last_used_at).total_seconds() > 60:
             await self._store.touch_key(record.id, now)
-            self._cache[key_id] = (replace(record, last_used_at=now), tenant_active)
+            self._cache.put(key_id, (replace(record, last_used_at=now), tenant_active))
         return Principal(
             key_id=record.id,
             role=record.role,

@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
-from cachetools import TTLCache
 
 from tenantsearch.auth.rbac import CredentialKind, Principal, within_reach
+from tenantsearch.cache.refresh_ahead import RefreshAheadCache
 from tenantsearch.errors import InvalidInput, NotFound, Unauthenticated
 from tenantsearch.search.query import FilterErrors, parse_filter
 from tenantsearch.store.records import Collection, Role, TenantToken
@@ -37,7 +37,7 @@ class TenantTokenService:
     def __init__(self, store: MetadataStore) -> None:
         self._store = store
         self._secret: str | None = None
-        self._cache: TTLCache[str, TenantToken] = TTLCache(maxsize=100_000, ttl=CACHE_SECONDS)
+        self._cache: RefreshAheadCache[str, TenantToken] = RefreshAheadCache(CACHE_SECONDS)
 
     async def start(self) -> None:
         self._secret = await self._store.signing_secret(SECRET_NAME, secrets.token_urlsafe(48))
@@ -113,11 +113,7 @@ class TenantTokenService:
         except jwt.PyJWTError as exc:
             raise Unauthenticated("the token is not valid", code="invalid_token") from exc
         token_id = str(claims["jti"])
-        record = self._cache.get(token_id)
-        if record is None:
-            record = await self._store.get_tenant_token(token_id)
-            if record is not None:
-                self._cache[token_id] = record
+        record = await self._cache.get(token_id, lambda: self._store.get_tenant_token(token_id))
         if record is None or record.tenant_id != claims.get("ten"):
             raise Unauthenticated("the token is not valid", code="invalid_token")
         if record.revoked_at is not None:
@@ -154,4 +150,4 @@ class TenantTokenService:
                 raise NotFound(f"token {token_id!r} not found", code="token_not_found")
         if not await self._store.revoke_tenant_token(tenant_id, token_id):
             raise NotFound(f"token {token_id!r} not found", code="token_not_found")
-        self._cache.pop(token_id, None)
+        self._cache.pop(token_id)

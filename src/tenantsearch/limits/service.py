@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass
 
 import structlog
-from cachetools import TTLCache
 
 from tenantsearch.auth.rbac import Action, Principal
+from tenantsearch.cache.refresh_ahead import RefreshAheadCache
 from tenantsearch.errors import ServiceUnavailable, TooManyRequests
 from tenantsearch.limits.plans import BUDGET_OF, Budget, Limits, effective
 from tenantsearch.limits.port import Decision, LimiterUnavailable, RateLimiter
@@ -55,18 +55,20 @@ class LimitService:
         self._store = store
         self._metrics = metrics
         self._default_plan = default_plan
-        self._limits: TTLCache[str, Limits] = TTLCache(maxsize=100_000, ttl=LIMITS_CACHE_SECONDS)
+        self._limits: RefreshAheadCache[str, Limits] = RefreshAheadCache(LIMITS_CACHE_SECONDS)
 
     def forget(self, tenant_id: str) -> None:
-        self._limits.pop(tenant_id, None)
+        self._limits.pop(tenant_id)
 
     async def limits_of(self, tenant_id: str) -> Limits:
-        limits = self._limits.get(tenant_id)
-        if limits is None:
+
+        async def load() -> Limits:
             tenant = await self._store.get_tenant(tenant_id)
             plan = tenant.plan if tenant else self._default_plan
-            limits = effective(plan, tenant.limits if tenant else None)
-            self._limits[tenant_id] = limits
+            return effective(plan, tenant.limits if tenant else None)
+
+        limits = await self._limits.get(tenant_id, load)
+        assert limits is not None  # load never answers None
         return limits
 
     async def admit(self, principal: Principal, action: Action) -> Admission | None:

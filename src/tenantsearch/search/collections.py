@@ -6,9 +6,9 @@ import uuid
 from datetime import UTC, datetime
 
 import structlog
-from cachetools import TTLCache
 
 from tenantsearch.auth.rbac import Principal
+from tenantsearch.cache.refresh_ahead import RefreshAheadCache
 from tenantsearch.errors import Conflict, InvalidInput, NotFound
 from tenantsearch.ingest.messages import Message, encode
 from tenantsearch.queue.port import Queue, QueueUnavailable
@@ -53,19 +53,17 @@ class CollectionService:
         self._store = store
         self._backend = backend
         self._queue = queue
-        self._cache: TTLCache[tuple[str, str], Collection] = TTLCache(
-            maxsize=100_000, ttl=COLLECTION_CACHE_SECONDS
+        self._cache: RefreshAheadCache[tuple[str, str], Collection] = RefreshAheadCache(
+            COLLECTION_CACHE_SECONDS
         )
 
     async def get(self, principal: Principal, tenant_id: str, name: str) -> Collection:
         check_name(name)
         collection = None
         if principal.sees_collection(name):
-            collection = self._cache.get((tenant_id, name))
-            if collection is None:
-                collection = await self._store.get_collection(tenant_id, name)
-                if collection is not None:
-                    self._cache[(tenant_id, name)] = collection
+            collection = await self._cache.get(
+                (tenant_id, name), lambda: self._store.get_collection(tenant_id, name)
+            )
         if collection is None:
             raise NotFound(f"collection {name!r} not found", code="collection_not_found")
         return collection
@@ -128,7 +126,7 @@ class CollectionService:
         if not principal.sees_collection(name):
             raise NotFound(f"collection {name!r} not found", code="collection_not_found")
         collection = await self._store.delete_collection(tenant_id, name)
-        self._cache.pop((tenant_id, name), None)
+        self._cache.pop((tenant_id, name))
         if collection is None:
             raise NotFound(f"collection {name!r} not found", code="collection_not_found")
         task = Task.queued(new_id(), tenant_id, TaskKind.COLLECTION_DELETE, name)

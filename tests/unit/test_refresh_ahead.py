@@ -1,0 +1,168 @@
+"""RefreshAheadCache: what is served, what waits for a load, and what an invalidation prevents."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tenantsearch.cache.refresh_ahead import RefreshAheadCache
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Store:
+    """A loader that counts its calls and answers what ``value`` holds at the time."""
+
+    def __init__(self, value: str | None = "v1") -> None:
+        self.value = value
+        self.loads = 0
+        self.gate: asyncio.Event | None = None
+        self.fail = False
+
+    async def load(self) -> str | None:
+        self.loads += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            raise RuntimeError("store down")
+        return self.value
+
+
+def make() -> tuple[RefreshAheadCache[str, str], Clock]:
+    clock = Clock()
+    return RefreshAheadCache(1.0, refresh_after=0.5, clock=clock), clock
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_fresh_entries_are_served_without_loading() -> None:
+    cache, clock = make()
+    store = Store()
+    assert await cache.get("k", store.load) == "v1"
+    store.value = "v2"
+    clock.now = 0.4
+    assert await cache.get("k", store.load) == "v1"
+    await settle()
+    assert store.loads == 1
+
+
+async def test_an_ageing_entry_is_served_while_one_background_load_replaces_it() -> None:
+    cache, clock = make()
+    store = Store()
+    await cache.get("k", store.load)
+    store.value = "v2"
+    store.gate = asyncio.Event()
+    clock.now = 0.6
+    # Served at once, twice, with a single refresh in flight.
+    assert await cache.get("k", store.load) == "v1"
+    assert await cache.get("k", store.load) == "v1"
+    await settle()
+    assert store.loads == 2
+    store.gate.set()
+    await settle()
+    assert await cache.get("k", store.load) == "v2"
+    assert store.loads == 2
+
+
+async def test_an_expired_entry_is_never_served() -> None:
+    cache, clock = make()
+    store = Store()
+    await cache.get("k", store.load)
+    store.value = "v2"
+    clock.now = 1.0
+    assert await cache.get("k", store.load) == "v2"
+    assert store.loads == 2
+
+
+async def test_concurrent_misses_share_one_load() -> None:
+    cache, _ = make()
+    store = Store()
+    store.gate = asyncio.Event()
+    waiting = [asyncio.create_task(cache.get("k", store.load)) for _ in range(5)]
+    await settle()
+    store.gate.set()
+    assert await asyncio.gather(*waiting) == ["v1"] * 5
+    assert store.loads == 1
+
+
+async def test_not_found_is_not_cached() -> None:
+    cache, _ = make()
+    store = Store(value=None)
+    assert await cache.get("k", store.load) is None
+    store.value = "v1"
+    assert await cache.get("k", store.load) == "v1"
+
+
+async def test_a_load_that_started_before_an_invalidation_does_not_store_its_result() -> None:
+    cache, clock = make()
+    store = Store()
+    await cache.get("k", store.load)
+    store.gate = asyncio.Event()
+    clock.now = 0.6
+    await cache.get("k", store.load)  # starts the refresh, which reads "v1" (the old state)
+    await settle()
+    cache.pop("k")  # e.g. the key was revoked by this process meanwhile
+    store.gate.set()
+    await settle()
+    store.gate = None
+    store.value = "revoked"
+    assert await cache.get("k", store.load) == "revoked"
+
+
+async def test_a_failed_background_refresh_keeps_serving_until_expiry_then_raises() -> None:
+    cache, clock = make()
+    store = Store()
+    await cache.get("k", store.load)
+    store.fail = True
+    clock.now = 0.6
+    assert await cache.get("k", store.load) == "v1"
+    await settle()
+    clock.now = 1.2
+    with pytest.raises(RuntimeError, match="store down"):
+        await cache.get("k", store.load)
+
+
+async def test_a_refresh_that_finds_the_entry_gone_stops_serving_it() -> None:
+    cache, clock = make()
+    store = Store()
+    await cache.get("k", store.load)
+    store.value = None
+    clock.now = 0.6
+    assert await cache.get("k", store.load) == "v1"
+    await settle()
+    assert cache.peek("k") is None
+
+
+async def test_a_waiter_whose_shared_load_was_cancelled_loads_itself() -> None:
+    cache, _ = make()
+    store = Store()
+    store.gate = asyncio.Event()
+    first = asyncio.create_task(cache.get("k", store.load))
+    await settle()
+    second = asyncio.create_task(cache.get("k", store.load))
+    await settle()
+    first.cancel()
+    await settle()
+    store.gate.set()
+    assert await second == "v1"
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_size_is_bounded() -> None:
+    clock = Clock()
+    cache: RefreshAheadCache[int, int] = RefreshAheadCache(1.0, maxsize=3, clock=clock)
+    for i in range(10):
+        cache.put(i, i)
+    assert len(list(cache.items())) == 3
+    assert [k for k, _ in cache.items()] == [7, 8, 9]
