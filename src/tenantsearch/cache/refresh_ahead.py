@@ -13,8 +13,8 @@ that started before an invalidation (``pop``/``clear``) does not store its resul
 by this process cannot come back from a refresh that read it just before.
 
 Written here because the libraries we looked at either have no refresh-ahead for asyncio
-(cachetools, async-lru) or bring their own backends and decorators (cashews), which is much more
-than these four call sites need.
+(cachetools, which this replaced, and async-lru) or bring their own backends and decorators
+(cashews), much more than these four call sites need.
 """
 
 from __future__ import annotations
