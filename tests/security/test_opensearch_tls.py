@@ -64,22 +64,9 @@ from tests.support.api import ADMIN_KEY, Api
 from tests.support.opensearch import drop_prefix, new_prefix
 from tests.support.opensearch_node import free_port
 
-BASIC_AUTH_DEPRECATED = (
-    "ignore:BasicAuth is deprecated:DeprecationWarning",
-    "ignore:The 'auth' parameter is deprecated:DeprecationWarning",
-)
-"""The adapter hands opensearch-py ``http_auth=(user, password)``, which it turns into an
-``aiohttp.BasicAuth`` passed as ``auth=`` to every request: both deprecated since aiohttp 3.14
-(gone in 4.0), so every connection and every request warns. Worse, opensearch-py runs the request
-inside ``except Exception``, so where DeprecationWarnings are errors (this suite; any
-``-W error``) every request fails as a ConnectionError. Ignored here so the rest can be tested;
-pinned by ``test_basic_auth_raises_no_deprecation_warning`` (strict xfail) until the adapter
-sends the ``Authorization`` header itself, as it does for API keys."""
-
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(240),
-    *(pytest.mark.filterwarnings(f) for f in BASIC_AUTH_DEPRECATED),
 ]
 
 USER = "tenantsearch"
@@ -757,20 +744,18 @@ async def test_password_file_runs_the_app_through_tls(
         load_settings(environ={**environ, "TENANTSEARCH_OPENSEARCH_PASSWORD": "x"})
 
 
-# -- known bugs (strict xfail: they pass once fixed, and then the mark must go) --------------
+# -- warnings -----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DeprecationWarning,
-    reason="opensearch_backend._build_client passes http_auth=(user, password); opensearch-py "
-    "makes an aiohttp.BasicAuth and auth= of it, deprecated in aiohttp 3.14, gone in 4.0",
-)
 async def test_basic_auth_raises_no_deprecation_warning(proxy: TlsProxy, prefix: str) -> None:
+    """opensearch-py's own ``http_auth`` goes through aiohttp.BasicAuth, deprecated in aiohttp
+    3.14 (where DeprecationWarnings are errors, every request then fails); the adapter sends the
+    ``Authorization`` header itself."""
     backend = backend_for(proxy, prefix)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", DeprecationWarning)
             await backend.start()
+            await backend.ping()  # authenticated through the proxy, which refuses without
     finally:
         await backend.close()

@@ -21,6 +21,7 @@ sees ``BackendUnavailable``, ``BackendError``, ``InvalidCursor`` or ``InvalidInp
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -172,6 +173,17 @@ def classify_item(doc_id: str, item: Mapping[str, Any]) -> WriteResult:
     return WriteResult(doc_id, "permanent", "the search engine refused the document")
 
 
+def require_every_shard(response: Any, action: str) -> None:
+    """Refuse a partial answer: with ``_shards.failed`` above 0, some shard had no copy that
+    answered, and its documents are missing from hits, totals and facets alike (an erasure that
+    looked a tenant's collections up would miss some). The caller gets 503 and retries."""
+    shards = response.get("_shards") if isinstance(response, dict) else None
+    failed = shards.get("failed", 0) if isinstance(shards, dict) else 0
+    if isinstance(failed, int) and failed > 0:
+        log.warning("opensearch_partial_answer", action=action, failed_shards=failed)
+        raise BackendUnavailable("the search engine could not read every shard; retry shortly")
+
+
 class OpenSearchBackend:
     """SearchBackend on an OpenSearch cluster (see the module docstring for the layout).
 
@@ -259,6 +271,12 @@ class OpenSearchBackend:
         headers: dict[str, str] = {}
         if self._api_key is not None:
             headers["Authorization"] = f"ApiKey {self._api_key}"
+        elif self._username is not None:
+            # Sent as a header rather than opensearch-py's http_auth=(user, password), which it
+            # turns into aiohttp.BasicAuth + auth=, deprecated in aiohttp 3.14 and gone in 4.0
+            # (and where DeprecationWarnings are errors, every request then fails).
+            pair = f"{self._username}:{self._password or ''}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         ssl_context = None
         if any(h.startswith("https:") for h in self._hosts):
             ssl_context = ssl.create_default_context(
@@ -270,7 +288,6 @@ class OpenSearchBackend:
         return AsyncOpenSearch(
             hosts=self._hosts,
             connection_class=AsyncHttpConnection,
-            http_auth=(self._username, self._password) if self._username is not None else None,
             headers=headers or None,
             # All TLS options are in the context (opensearch-py ignores its own then).
             ssl_context=ssl_context,
@@ -300,6 +317,13 @@ class OpenSearchBackend:
                 self._client = self._build_client()
             except (OpenSearchException, ValueError, OSError) as exc:
                 raise BackendUnavailable("the search engine client cannot be configured") from exc
+        try:
+            await self._create_layout()
+        except BaseException:
+            await self.close()  # no HTTP session left open by a start that failed
+            raise
+
+    async def _create_layout(self) -> None:
         patterns = [
             f"{self._prefix}-shared-v{MAPPING_VERSION}-*",
             f"{self._prefix}-tenant-*-v{MAPPING_VERSION}-*",
@@ -529,6 +553,7 @@ class OpenSearchBackend:
                 },
             ),
         )
+        require_every_shard(found, "drop data")
         await self._mark_dropped([hit["_id"] for hit in found["hits"]["hits"]])
         await self._delete_by_query(tenant, {"term": {"_tenant": tenant}})
 
@@ -736,6 +761,7 @@ class OpenSearchBackend:
                 params=self._routing_params(placement, ref.tenant),
             ),
         )
+        require_every_shard(response, "count")
         return int(response["count"])
 
     async def stats(self, ref: CollectionRef) -> CollectionStats:
@@ -753,6 +779,7 @@ class OpenSearchBackend:
                 params=self._routing_params(placement, ref.tenant),
             ),
         )
+        require_every_shard(response, "stats")
         try:
             documents = int(response["hits"]["total"]["value"])
             # A double: exact up to 2**53 bytes. Documents written before _size existed add 0.
@@ -772,6 +799,7 @@ class OpenSearchBackend:
             "search",
             lambda: self._os.search(index=placement.read_alias, body=plan.body, params=params),
         )
+        require_every_shard(response, "search")
         try:
             return self._result(plan, query, response)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
