@@ -245,6 +245,20 @@ async def test_an_expired_tenant_token_is_refused(
     expect(await client.post(path, json={}, headers=bearer(token)), 401, "expired_token")
 
 
+async def test_a_tenant_token_dies_with_the_key_that_minted_it(
+    client: httpx.AsyncClient, api: Api, world: TenantWorld
+) -> None:
+    minter_id, minter = await create_key(api, world.admin, role="admin")
+    _, token = await mint_token(api, bearer(minter), [world.collection])
+    _, sibling = await mint_token(api, world.admin, [world.collection])
+    path = f"/v1/collections/{world.collection}/search"
+    expect(await client.post(path, json={}, headers=bearer(token)), 200)
+    expect(await client.delete(f"/v1/keys/{minter_id}", headers=world.admin), 204)
+    expect(await client.post(path, json={}, headers=bearer(token)), 401, "revoked_token")
+    # Tokens minted by other keys live on.
+    expect(await client.post(path, json={}, headers=bearer(sibling)), 200)
+
+
 async def test_a_tenant_token_dies_with_its_tenant(
     client: httpx.AsyncClient, api: Api, world: TenantWorld
 ) -> None:

@@ -85,6 +85,8 @@ class Principal:
     collections: frozenset[str] | None = None
     kind: CredentialKind = CredentialKind.API_KEY
     filter: Mapping[str, Any] | None = None
+    minted_by: str | None = None
+    """Tenant tokens: the id of the credential that minted the token."""
 
     @property
     def is_platform_admin(self) -> bool:

@@ -90,6 +90,27 @@ class AuthService:
 
         return await self._cache.get(key_id, load)
 
+    async def _require_live_minter(self, minted_by: str | None) -> None:
+        """A tenant token lives no longer than the API key that minted it: revoking or expiring
+        the key ends its tokens too (within the credential cache's second). Tokens minted with the
+        configured admin key or an OIDC JWT have no stored key to follow."""
+        if (
+            minted_by is None
+            or minted_by == CONFIGURED_ADMIN_KEY_ID
+            or minted_by.startswith("jwt:")
+        ):
+            return
+        found = await self._lookup(minted_by)
+        if found is None:
+            raise Unauthenticated(
+                "the key that minted this token was revoked", code="revoked_token"
+            )
+        record, _ = found
+        if record.expires_at is not None and record.expires_at <= datetime.now(UTC):
+            raise Unauthenticated(
+                "the key that minted this token has expired", code="expired_token"
+            )
+
     async def _tenant_active(self, tenant_id: str) -> bool:
         async def load() -> bool:
             tenant = await self._store.get_tenant(tenant_id)
@@ -160,6 +181,7 @@ class AuthService:
             principal = await self._tokens.verify(token)
             if principal.tenant_id is None or not await self._tenant_active(principal.tenant_id):
                 raise Unauthenticated("the token is not valid", code="invalid_token")
+            await self._require_live_minter(principal.minted_by)
             return principal
         if token.count(".") == 2 and not token.startswith(keys.PREFIX):
             return await self._from_jwt(token)

@@ -127,6 +127,7 @@ class TenantTokenService:
             collections=frozenset(record.collections),
             kind=CredentialKind.TENANT_TOKEN,
             filter=record.filter,
+            minted_by=record.created_by,
         )
 
     async def list(
