@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.security.world import build_tenant, expect
+from tenantsearch.auth.audit import FAILURE_RATE
+from tests.security.conftest import SettingsFactory
+from tests.security.world import build_tenant, expect, running
 from tests.support.api import Api, bearer, unique
 from tests.support.oidc_issuer import OidcIssuer
 
@@ -112,3 +115,26 @@ async def test_audit_log_scoping_and_contents(
     for auth in (a.reader, a.writer, a.token, a_jwt_reader):
         expect(await client.get("/v1/audit", headers=auth), 403, "forbidden")
     expect(await client.get("/v1/audit"), 401, "missing_credentials")
+
+
+async def test_a_flood_of_authentication_failures_is_written_at_a_bounded_rate(
+    make_settings: SettingsFactory,
+) -> None:
+    async with running(make_settings()) as client:
+        api = Api(client)
+        flood = 400
+        for i in range(flood):
+            r = await client.get("/v1/keys", headers=bearer(f"ts_nope{i}.secret"))
+            assert r.status_code == 401
+        written = [e for e in await events(client, api.admin) if e["action"] == "authenticate"]
+        # The burst and the steady rate over the flood's duration, nowhere near all of them.
+        assert FAILURE_RATE.burst <= len(written) < flood // 2
+        # Each failure written says how many were left out since the one before: nothing is
+        # unaccounted for once one more is written.
+        await asyncio.sleep(0.2)
+        r = await client.get("/v1/keys", headers=bearer("ts_nope.last"))
+        assert r.status_code == 401
+        every = await events(client, api.admin, "&action=authenticate")
+        assert len(every) == len(written) + 1
+        assert every[0]["detail"]["suppressed"] > 0
+        assert sum(e["detail"].get("suppressed", 0) for e in every) == flood - len(written)

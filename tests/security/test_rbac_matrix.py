@@ -3,7 +3,7 @@
 Every API route names exactly one action (``Depends(Requires(action))``) unless it is public.
 Then every route is called as every kind of principal: a role whose MATRIX entry lacks the
 route's action gets 403 ``forbidden``; a role that has it is never refused (a key limited to other
-collections gets 404 on a collection-scoped route instead).
+collections gets 404 on a collection-scoped route instead, and 403 on the tenant's audit log).
 """
 
 from __future__ import annotations
@@ -145,6 +145,9 @@ async def test_every_route_as_every_role(
             elif caller.limited and route.key == ("POST", "/v1/keys"):
                 # The sample body asks for an unlimited key: more than a limited key may grant.
                 expect(r, 403, "collections_exceed_creator")
+            elif caller.limited and route.key == ("GET", "/v1/audit"):
+                # The tenant's events name keys and collections beyond a limited key's reach.
+                expect(r, 403, "collections_limited")
             elif caller.role is Role.PLATFORM_ADMIN and route.key in (
                 TENANT_SCOPED_FOR_PLATFORM_ADMIN
             ):

@@ -158,7 +158,7 @@ class AuthService:
         try:
             return await self._authenticate(authorization)
         except (Unauthenticated, Forbidden) as exc:
-            await self._audit.record("authenticate", outcome="failure", detail={"code": exc.code})
+            await self._audit.record_authentication_failure(exc.code)
             raise
 
     async def _authenticate(self, authorization: str | None) -> Principal:
