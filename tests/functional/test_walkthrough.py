@@ -230,8 +230,16 @@ async def test_collections_lifecycle(api: Api, client: httpx.AsyncClient) -> Non
     r = await api.search(auth, "c", q="haus")
     assert [h["id"] for h in r.json()["hits"]] == ["1"]
 
+    r = await client.post("/v1/collections/c/documents", json=[{"id": "9"}], headers=auth)
+    assert r.status_code == 202
+    assert r.json()["created_at"] is not None
     r = await client.delete("/v1/collections/c", headers=auth)
     assert r.status_code == 202
+    # The task answered is the one recorded, creation time included.
+    queued = r.json()
+    assert queued["created_at"] is not None
+    recorded = (await client.get(f"/v1/tasks/{queued['id']}", headers=auth)).json()
+    assert recorded["created_at"] == queued["created_at"]
     assert (await client.get("/v1/collections/c", headers=auth)).status_code == 404
     # Created again under the same name, it starts empty.
     r = await client.put("/v1/collections/c", json={"fields": fields}, headers=auth)

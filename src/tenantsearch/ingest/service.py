@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -292,6 +293,7 @@ class WriteService:
             failed=failed,
             errors=errors,
             idempotency_key=idempotency_key,
+            created_at=datetime.now(UTC),
         )
         await self._backpressure.check(collection.tenant_id, len(ops), size)
         puts = sum(1 for _, doc in ops if doc is not None)

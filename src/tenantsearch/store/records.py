@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -89,7 +89,17 @@ class Task:
     @classmethod
     def queued(cls, task_id: str, tenant_id: str, kind: TaskKind, collection: str | None) -> Task:
         """A new task for work that carries no documents (a deletion or an erasure)."""
-        return cls(task_id, tenant_id, collection, kind, TaskStatus.QUEUED, 0, 0, 0)
+        return cls(
+            task_id,
+            tenant_id,
+            collection,
+            kind,
+            TaskStatus.QUEUED,
+            0,
+            0,
+            0,
+            created_at=datetime.now(UTC),
+        )
 
 
 @dataclass(frozen=True)
