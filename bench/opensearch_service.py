@@ -1,13 +1,14 @@
 """Search through the service vs. the same query sent straight to OpenSearch, in one run.
 
 One real node (``tools/opensearch-node``, full JIT: ``fast_start=False``, one shard) and one
-``tenantsearch serve`` process (``tests.support.server.ServerProcess``) with
-``TENANTSEARCH_SEARCH_BACKEND=opensearch``, on loopback. Documents are the embedded benchmark's
-(``bench.embedded.make_docs``: ~1 KB each, two English text fields, a keyword, a float, an
-integer). They are ingested straight through the adapter's ``apply`` (batches of 5000, the
-indexer's batch size) into the collection the service created, then force-merged to one segment
-so background merges do not move the numbers. Every one of them must then be searchable through
-the service.
+``tenantsearch api`` process (``tests.support.server.ServerProcess``) with
+``TENANTSEARCH_SEARCH_BACKEND=opensearch``, on loopback: the API process as it is deployed with
+OpenSearch, where indexers run apart (none here: nothing is written during the searches). Documents
+are the embedded benchmark's (``bench.embedded.make_docs``: ~1 KB each, two English text fields, a
+keyword, a float, an integer). They are ingested straight through the adapter's ``apply`` (batches
+of 5000, the indexer's batch size) into the collection the service created, then force-merged to one
+segment so background merges do not move the numbers. Every one of them must then be searchable
+through the service.
 
 The direct query is the adapter's own translation (``opensearch_query.build_search`` for the
 collection's scope, schema and field slots, with the adapter's ``routing`` and ``preference``),
@@ -489,7 +490,7 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
         if args.service_pythonpath:
             # An experiment: the service from another source tree (ahead of the editable one).
             env["PYTHONPATH"] = str(args.service_pythonpath)
-        server = ServerProcess(tmp / "service" / "data", env)
+        server = ServerProcess(tmp / "service" / "data", env, command="api")
         server.data_dir.mkdir(parents=True)
         server.start()
         try:
@@ -542,7 +543,7 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
     setup += f"{load_after:.1f} after: other work on the machine counts); "
     setup += f"node heap {args.heap}, G1, full JIT; service: one "
     setup += (
-        "`tenantsearch serve` process (uvicorn, one worker), result cache off, log level warning."
+        "`tenantsearch api` process (uvicorn, one worker), result cache off, log level warning."
     )
     return report(args, rate, results, f"Setup: {setup}")
 
