@@ -50,7 +50,7 @@ from tenantsearch.cache.memory import MemoryCache
 from tenantsearch.cache.port import Cache
 from tenantsearch.cache.redis import RedisCache
 from tenantsearch.ingest.dead_letters import DeadLetterService
-from tenantsearch.ingest.indexer import Indexer, IndexerConfig
+from tenantsearch.ingest.indexer import Indexer, IndexerConfig, capped_backoff
 from tenantsearch.ingest.service import DocumentReader, TaskService, WriteLimits, WriteService
 from tenantsearch.limits.memory import MemoryRateLimiter
 from tenantsearch.limits.port import RateLimiter
@@ -58,7 +58,7 @@ from tenantsearch.limits.redis import RedisRateLimiter
 from tenantsearch.limits.service import LimitService
 from tenantsearch.limits.usage import UsageService
 from tenantsearch.observability.metrics import Metrics
-from tenantsearch.queue.port import Queue
+from tenantsearch.queue.port import Queue, QueueUnavailable
 from tenantsearch.queue.rabbitmq import RabbitMqQueue
 from tenantsearch.queue.sqlite import SqliteQueue
 from tenantsearch.search.collections import CollectionService
@@ -175,10 +175,39 @@ def indexer_config(settings: Settings) -> IndexerConfig:
         batch_documents=settings.indexer_batch_documents,
         linger_seconds=settings.indexer_linger_ms / 1000,
         max_deliveries=settings.indexer_max_deliveries,
+        concurrency=settings.indexer_concurrency,
+        retry_budget_seconds=settings.indexer_retry_budget_seconds,
         task_retention=timedelta(days=settings.task_retention_days),
         # Fault injection for reliability tests only (docs/operations.md); unset in production.
         failpoint=os.environ.get("TENANTSEARCH_FAILPOINT") or None,
     )
+
+
+async def start_queue(queue: Queue) -> asyncio.Task[None] | None:
+    """Start the queue. If the broker is down, start-up goes on and a background task keeps
+    trying (capped backoff) until it comes up: meanwhile ``/readyz`` answers 503 naming the
+    queue, and writes answer 503 problem+json. Returns that task, or None if the queue started."""
+    try:
+        await queue.start()
+    except QueueUnavailable as exc:
+        log.warning("queue_unavailable_at_start", error=exc.detail)
+    else:
+        return None
+
+    async def keep_trying() -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            await asyncio.sleep(capped_backoff(attempt, 0.5, 5.0))
+            try:
+                await queue.start()
+            except QueueUnavailable as exc:
+                log.warning("queue_unavailable_at_start", error=exc.detail, attempt=attempt + 1)
+            else:
+                log.info("queue_started", attempts=attempt + 1)
+                return
+
+    return asyncio.create_task(keep_trying(), name="queue-start")
 
 
 def announce_admin_key(token: str) -> None:
@@ -207,7 +236,7 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
         backend = build_backend(settings)
         queue = build_queue(settings, consumer=run_indexer, engine=engine)
         await backend.start()
-        await queue.start()
+        queue_starter = await start_queue(queue)
         admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
         audit = AuditLog(store)
         tokens = TenantTokenService(store)
@@ -289,6 +318,10 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
             if indexer is not None and indexer_task is not None:
                 indexer.stop()
                 await indexer_task
+            if queue_starter is not None:
+                queue_starter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await queue_starter
             await queue.close()
             await backend.close()
             await store.close()

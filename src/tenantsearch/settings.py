@@ -112,6 +112,14 @@ class Settings(BaseSettings):
     indexer_batch_documents: Annotated[int, Field(ge=1)] = 5000
     indexer_linger_ms: Annotated[int, Field(ge=0, le=10_000)] = 20
     indexer_max_deliveries: Annotated[int, Field(ge=1)] = 5
+    indexer_concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=2, description="Batches one indexer applies at the same time (its lanes)."
+    )
+    indexer_retry_budget_seconds: Annotated[float, Field(gt=0, le=1500)] = Field(
+        default=120.0,
+        description="How long a write the engine keeps turning away (429, a write block) is "
+        "retried before it is dead-lettered; an unreachable engine does not count.",
+    )
     task_retention_days: Annotated[int, Field(ge=1)] = 7
     max_tenant_backlog_documents: Annotated[int, Field(ge=1)] = 500_000
     max_tenant_backlog_bytes: Annotated[int, Field(ge=1024)] = 2 * 1024**3

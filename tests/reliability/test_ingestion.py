@@ -9,7 +9,7 @@ real processes (``tests/support/stack.py``) on real RabbitMQ, PostgreSQL and Ope
 - R3: the engine refuses one document for good and turns a whole bulk away with 429s for a
   while: only that document fails, with a message on its task; the rest land.
 - R4: an undecodable message and a write that keeps failing retryably reach the dead letters
-  (with their reasons, the latter after the delivery limit) while other writes keep flowing.
+  (with their reasons, the latter after the retry budget) while other writes keep flowing.
 - R5: the engine rejects writes for a while: a tenant's backlog fills up to its limit (then 429
   with Retry-After), another tenant is unaffected, the API's memory stays flat, and everything
   accepted lands once the engine takes writes again.
@@ -30,7 +30,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +52,12 @@ from tenantsearch.search.query import WriteOp
 from tenantsearch.search.schema import CollectionSchema, FieldSpec, FieldType
 from tenantsearch.settings import Settings, load_settings
 from tenantsearch.store.db import create_engine
+from tests.reliability.conftest import StackFactory
 from tests.support.api import ADMIN_KEY, Api, bearer, unique
 from tests.support.opensearch import drop_prefix, make_backend, new_prefix
 from tests.support.opensearch_node import http_request
-from tests.support.services import RabbitMq, postgres_database, rabbitmq
-from tests.support.stack import Stack, StackConfig, new_queue_name
+from tests.support.services import RabbitMq
+from tests.support.stack import Stack, new_queue_name
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -70,42 +71,6 @@ FIELDS: dict[str, Any] = {
 }
 FINISHED = ("succeeded", "failed")
 RETRY_STATUSES = (429, 503)
-
-
-# -- fixtures ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def database_url(postgres_url: str) -> Iterator[str]:
-    with postgres_database(postgres_url) as url:
-        yield url
-
-
-@pytest.fixture
-def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMq]:
-    """A broker of the test's own: the session's one must not be restarted."""
-    with rabbitmq(tmp_path_factory.mktemp("broker")) as broker:
-        yield broker
-
-
-StackFactory = Callable[..., Stack]
-
-
-@pytest.fixture
-def make_stack(
-    tmp_path: Path, opensearch_url: str, rabbitmq_url: str, database_url: str
-) -> Iterator[StackFactory]:
-    """``make_stack(env=..., broker_url=...)``: a Stack (not started yet) with its own queue name
-    and index prefix, stopped and removed after the test."""
-    with contextlib.ExitStack() as stacks:
-
-        def make(*, env: Mapping[str, str] | None = None, broker_url: str | None = None) -> Stack:
-            config = StackConfig(
-                opensearch_url, broker_url or rabbitmq_url, database_url, env=dict(env or {})
-            )
-            return stacks.enter_context(Stack(tmp_path, config))
-
-        yield make
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -445,7 +410,8 @@ async def test_r1_accepted_writes_land_exactly_once_through_indexer_kills_and_a_
             await reached(0.45)
 
             async def all_ready() -> bool:
-                # An indexer that cannot reach the broker at start-up exits (it is not retried).
+                # An indexer started while the broker is down waits for it (test_outages.py O2);
+                # here every one must be consuming before the broker goes away.
                 return all(p.ready() for p in stack.live_indexers)
 
             await eventually(all_ready, timeout=60, what="every indexer ready")
@@ -645,7 +611,13 @@ async def test_r4_poison_messages_reach_the_dead_letters_while_other_writes_flow
     make_stack: StackFactory, opensearch_url: str, database_url: str
 ) -> None:
     poisoned_tenant = unique("poisoned")
-    stack = make_stack(env={"TENANTSEARCH_OPENSEARCH_DEDICATED_TENANTS": poisoned_tenant})
+    stack = make_stack(
+        env={
+            "TENANTSEARCH_OPENSEARCH_DEDICATED_TENANTS": poisoned_tenant,
+            # Refused writes are retried this long (default: minutes) before they are given up.
+            "TENANTSEARCH_INDEXER_RETRY_BUDGET_SECONDS": "5",
+        }
+    )
     await asyncio.to_thread(stack.start)
     engine = Engine(opensearch_url, stack.config.index_prefix)
     async with connect(stack) as http:
@@ -701,8 +673,8 @@ async def test_r4_poison_messages_reach_the_dead_letters_while_other_writes_flow
         [letter] = await dead_letters(http, poisoned_tenant)
         assert letter["task_id"] == poisoned_task
         assert letter["document_ids"] == ["d00001"]
-        assert re.fullmatch(r"gave up after 5 attempts: .*busy.*", letter["reason"]), letter
-        assert letter["attempts"] == 5
+        assert re.fullmatch(r"gave up after [5-9]s of retries: .*busy.*", letter["reason"]), letter
+        assert letter["attempts"] == 1  # retried in the indexer: no delivery was spent on it
         r = await http.get(f"/v1/tasks/{poisoned_task}", headers=poisoned.auth)
         assert r.json()["status"] == "failed"
         assert letter["reason"] in str(r.json()["errors"])
@@ -737,10 +709,8 @@ async def test_r5_backpressure_while_the_engine_rejects_writes(
     stack = make_stack(
         env={
             "TENANTSEARCH_MAX_TENANT_BACKLOG_DOCUMENTS": str(R5_BACKLOG_LIMIT),
-            # Retryable engine refusals use up delivery attempts, and the backoff between them
-            # is short: with the default 5 a write is dead-lettered after ~5-10 s of refusals.
-            # A budget that outlasts the block keeps every accepted write.
-            "TENANTSEARCH_INDEXER_MAX_DELIVERIES": "50",
+            # The indexer's retry budget for refused writes is left at its default (minutes),
+            # far longer than the block: every accepted write is kept.
         }
     )
     await asyncio.to_thread(stack.start)

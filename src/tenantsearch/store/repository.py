@@ -159,6 +159,9 @@ class MetadataStore:
             raise Conflict("the resource already exists or changed meanwhile") from exc
         except SQLAlchemyError as exc:
             raise MetadataUnavailable() from exc
+        except OSError as exc:
+            # asyncpg's refused or timed-out connection is not wrapped by SQLAlchemy.
+            raise MetadataUnavailable() from exc
 
     async def close(self) -> None:
         await self._engine.dispose()

@@ -1,0 +1,274 @@
+"""Outages of a dependency, with ``tenantsearch api`` and ``tenantsearch indexer`` as real
+processes (``tests/support/stack.py``) on real RabbitMQ, PostgreSQL and OpenSearch.
+
+- O1: the engine cannot be reached for longer than the indexer's old retry budget (5 quick
+  deliveries, ~8 s) while clients write: every write answered 202 is searchable exactly once at
+  the end, every task succeeded, and nothing was dead-lettered. The engine is cut off behind a TCP
+  proxy (connections refused and dropped), so the shared node is never stopped.
+- O2: the broker is down when an indexer and the API start: the indexer waits for it (one log line
+  per try) instead of exiting, and answers SIGTERM meanwhile; the API serves, ``/readyz`` says the
+  queue is unavailable and writes answer 503 problem+json. Once the broker is up, both work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+import pytest
+
+from tests.reliability.conftest import StackFactory
+from tests.reliability.test_ingestion import (
+    Engine,
+    connect,
+    dead_letters,
+    document,
+    eventually,
+    ledger_rows,
+    new_tenant,
+)
+from tests.support.services import RabbitMq
+from tests.support.stack import TenantsearchProcess
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+
+
+def events(process: TenantsearchProcess, name: str) -> list[dict[str, Any]]:
+    """The JSON log lines of ``process`` for the event ``name``."""
+    found = []
+    for line in process.output().splitlines():
+        with contextlib.suppress(ValueError):
+            event = orjson.loads(line)
+            if isinstance(event, dict) and event.get("event") == name:
+                found.append(event)
+    return found
+
+
+class TcpProxy:
+    """A TCP proxy on a loopback port to ``target`` (``host:port``), in threads of its own. ``cut``
+    drops every connection and refuses new ones (as a stopped server does); ``restore`` listens
+    again on the same port."""
+
+    def __init__(self, target: str) -> None:
+        parts = urlsplit(target)
+        assert parts.hostname is not None
+        assert parts.port is not None
+        self.target = (parts.hostname, parts.port)
+        self._listener: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            doomed = list(self._sockets)
+            self._sockets.clear()
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        for sock in doomed:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.cut()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                if self._listener is not listener:  # cut meanwhile
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def engine_proxy(opensearch_url: str) -> Iterator[TcpProxy]:
+    proxy = TcpProxy(opensearch_url)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+# -- O1 ------------------------------------------------------------------------------------------
+
+O1_CUT_SECONDS = 15.0  # the old indexer dead-lettered a write after ~8 s of an unreachable engine
+
+
+async def test_o1_an_engine_outage_loses_and_dead_letters_nothing(
+    make_stack: StackFactory,
+    engine_proxy: TcpProxy,
+    opensearch_url: str,
+    database_url: str,
+) -> None:
+    stack = make_stack(env={"TENANTSEARCH_OPENSEARCH_URL": engine_proxy.url})
+    await asyncio.to_thread(stack.start, indexers=2)
+    engine = Engine(opensearch_url, stack.config.index_prefix)  # straight to the node
+    async with connect(stack) as http:
+        client = await new_tenant(http)
+        uid = await engine.uid(client.tenant, "docs")
+        accepted: dict[str, str] = {}  # document id -> task id
+        accepted_during_cut = 0
+        cut = False
+        stop = asyncio.Event()
+        counter = iter(range(100_000))
+        rng = random.Random(5)
+
+        async def writer() -> None:
+            nonlocal accepted_during_cut
+            while not stop.is_set():
+                batch = [document(next(counter)) for _ in range(rng.choice([1, 5, 20]))]
+                r = await client.post("docs", batch)
+                assert r.status_code == 202, r.text
+                accepted.update({d["id"]: r.json()["id"] for d in batch})
+                accepted_during_cut += cut
+                await asyncio.sleep(0.05)
+
+        async def outage() -> None:
+            nonlocal cut
+            await eventually(
+                lambda: asyncio.sleep(0, len(accepted) >= 100), timeout=30, what="100 accepted"
+            )
+            engine_proxy.cut()
+            cut = True
+            await asyncio.sleep(O1_CUT_SECONDS)
+            assert await engine.count(client.tenant, uid) < len(accepted)  # writes are waiting
+            assert all(p.running() for p in stack.indexers)
+            engine_proxy.restore()
+            cut = False
+            await asyncio.sleep(1.0)
+            stop.set()
+
+        await asyncio.gather(outage(), *(writer() for _ in range(3)))
+        assert accepted_during_cut > 0
+
+        async def all_indexed() -> bool:
+            return await engine.count(client.tenant, uid) >= len(accepted)
+
+        await eventually(all_indexed, timeout=45, what="every accepted document indexed", every=1)
+        tasks = await client.tasks(sorted(set(accepted.values())), timeout=30)
+
+        assert await engine.count(client.tenant, uid) == len(accepted)
+        assert await engine.duplicated_ids(client.tenant, uid) == []
+        assert set(await client.all_ids("docs")) == set(accepted)
+        bad = {i: t for i, t in tasks.items() if t["status"] != "succeeded" or t["failed"]}
+        assert not bad, bad
+        assert await dead_letters(http, client.tenant) == []
+        assert await ledger_rows(database_url, stack.config.queue) == 0
+        waited = [e for p in stack.indexers for e in events(p, "indexer_waiting_for_dependency")]
+        assert {e["dependency"] for e in waited} >= {"search_unavailable"}
+        assert not any(events(p, "write_dead_lettered") for p in stack.indexers)
+
+
+# -- O2 ------------------------------------------------------------------------------------------
+
+
+async def test_o2_indexer_and_api_started_before_the_broker_wait_for_it(
+    private_broker: RabbitMq,
+    make_stack: StackFactory,
+) -> None:
+    stack = make_stack(broker_url=private_broker.url)
+    await asyncio.to_thread(stack.prepare_engine)
+    await asyncio.to_thread(private_broker.stop)
+
+    indexer = stack.start_indexer(wait=False)
+    quitter = stack.start_indexer(wait=False)  # told to stop while it waits
+    stack.api.spawn()
+
+    def waits(process: TenantsearchProcess) -> int:
+        return len(events(process, "indexer_waiting_for_dependency"))
+
+    await eventually(
+        lambda: asyncio.sleep(0, waits(indexer) >= 3 and waits(quitter) >= 1),
+        timeout=60,
+        what="both indexers waiting for the broker",
+    )
+    assert indexer.running()
+    assert {e["dependency"] for e in events(indexer, "indexer_waiting_for_dependency")} == {"queue"}
+    assert not indexer.ready()  # no indexer_started line yet
+
+    assert quitter.process is not None
+    quitter.process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    await asyncio.to_thread(quitter.process.wait, 10)
+    assert quitter.process.returncode == 0
+    assert time.monotonic() - started < 5
+
+    # The API serves without its broker: not ready, writes refused with 503, for now.
+    async def api_serving() -> bool:
+        try:
+            async with httpx.AsyncClient(base_url=stack.url, timeout=2) as probe:
+                return (await probe.get("/readyz")).status_code == 503
+        except httpx.TransportError:
+            return False
+
+    await eventually(api_serving, timeout=60, what="the API serving, not ready")
+    async with connect(stack) as http:
+        r = await http.get("/readyz")
+        assert r.status_code == 503
+        assert "queue" in r.json()["detail"]
+        client = await new_tenant(http)
+        r = await client.post("docs", [document(1)], retry=False)
+        assert r.status_code == 503, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+
+        await asyncio.to_thread(private_broker.start)
+        await asyncio.to_thread(indexer.wait_ready, 60)
+        await asyncio.to_thread(stack.api.wait_ready, 60)
+        r = await http.put(
+            "/v1/collections/docs/documents/d00001?wait=true",
+            json=document(1),
+            headers=client.auth,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "succeeded"
+        assert (await client.get("docs", "d00001")).json() == document(1)
