@@ -9,6 +9,7 @@ token revocable on its own: every process re-reads a record at least once a seco
 
 from __future__ import annotations
 
+import math
 import secrets
 import uuid
 from collections.abc import Mapping, Sequence
@@ -91,7 +92,9 @@ class TenantTokenService:
             "jti": record.id,
             "ten": tenant_id,
             "iat": int(now.timestamp()),
-            "exp": int(record.expires_at.timestamp()),
+            # Rounded up: the stored record's expires_at is exact and checked too, while a
+            # truncated exp made a 1 s token expire up to a second early (even at once).
+            "exp": math.ceil(record.expires_at.timestamp()),
         }
         token = PREFIX + jwt.encode(claims, self._key(), algorithm="HS256")
         return record, token
