@@ -5,6 +5,9 @@ processes (``tests/support/stack.py``) on real RabbitMQ, PostgreSQL and OpenSear
   deliveries, ~8 s) while clients write: every write answered 202 is searchable exactly once at
   the end, every task succeeded, and nothing was dead-lettered. The engine is cut off behind a TCP
   proxy (connections refused and dropped), so the shared node is never stopped.
+- O3: the metadata database (PostgreSQL) is stopped for a few seconds and started again while
+  clients write: writes meanwhile answer 503 (sent again by the client), never 500; every write
+  answered 202 is searchable exactly once, every task succeeded, nothing was dead-lettered.
 - O2: the broker is down when an indexer and the API start: the indexer waits for it (one log line
   per try) instead of exiting, and answers SIGTERM meanwhile; the API serves, ``/readyz`` says the
   queue is unavailable and writes answer 503 problem+json. Once the broker is up, both work.
@@ -20,6 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,8 +41,8 @@ from tests.reliability.test_ingestion import (
     ledger_rows,
     new_tenant,
 )
-from tests.support.services import RabbitMq
-from tests.support.stack import TenantsearchProcess
+from tests.support.services import Postgres, RabbitMq, postgres
+from tests.support.stack import Stack, StackConfig, TenantsearchProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -272,3 +276,68 @@ async def test_o2_indexer_and_api_started_before_the_broker_wait_for_it(
         assert r.status_code == 200, r.text
         assert r.json()["status"] == "succeeded"
         assert (await client.get("docs", "d00001")).json() == document(1)
+
+
+# -- O3 ------------------------------------------------------------------------------------------
+
+O3_DOWN_SECONDS = 8.0
+
+
+@pytest.fixture
+def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """A PostgreSQL server of the test's own: the session's one must not be stopped."""
+    with postgres(tmp_path_factory.mktemp("pg")) as server:
+        yield server
+
+
+async def test_o3_a_metadata_database_restart_loses_nothing(
+    tmp_path: Path, opensearch_url: str, rabbitmq_url: str, private_postgres: Postgres
+) -> None:
+    config = StackConfig(opensearch_url, rabbitmq_url, private_postgres.url)
+    with Stack(tmp_path, config) as stack:
+        await asyncio.to_thread(stack.start, indexers=2)
+        engine = Engine(opensearch_url, config.index_prefix)
+        async with connect(stack) as http:
+            client = await new_tenant(http)
+            uid = await engine.uid(client.tenant, "docs")
+            accepted: dict[str, str] = {}  # document id -> task id
+            stop = asyncio.Event()
+            counter = iter(range(100_000))
+
+            async def writer() -> None:
+                while not stop.is_set():
+                    batch = [document(next(counter)) for _ in range(5)]
+                    r = await client.post("docs", batch)  # 503s are sent again
+                    assert r.status_code == 202, r.text
+                    accepted.update({d["id"]: r.json()["id"] for d in batch})
+                    await asyncio.sleep(0.05)
+
+            async def outage() -> None:
+                await eventually(
+                    lambda: asyncio.sleep(0, len(accepted) >= 50), timeout=30, what="50 accepted"
+                )
+                await asyncio.to_thread(private_postgres.stop)
+                await asyncio.sleep(O3_DOWN_SECONDS)
+                assert all(p.running() for p in stack.indexers)
+                assert stack.api.running()
+                await asyncio.to_thread(private_postgres.start)
+                await asyncio.sleep(2.0)
+                stop.set()
+
+            await asyncio.gather(outage(), *(writer() for _ in range(3)))
+
+            async def all_indexed() -> bool:
+                return await engine.count(client.tenant, uid) >= len(accepted)
+
+            await eventually(all_indexed, timeout=60, what="every accepted document indexed")
+            tasks = await client.tasks(sorted(set(accepted.values())), timeout=30)
+
+            # While the database was down, writes were refused with 503, never a 500.
+            assert client.statuses[503] > 0, client.statuses
+            assert client.statuses[500] == 0, client.statuses
+            assert await engine.count(client.tenant, uid) == len(accepted)
+            assert await engine.duplicated_ids(client.tenant, uid) == []
+            assert set(await client.all_ids("docs")) == set(accepted)
+            bad = {i: t for i, t in tasks.items() if t["status"] != "succeeded" or t["failed"]}
+            assert not bad, bad
+            assert await dead_letters(http, client.tenant) == []
