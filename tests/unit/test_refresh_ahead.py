@@ -166,3 +166,16 @@ async def test_size_is_bounded() -> None:
         cache.put(i, i)
     assert len(list(cache.items())) == 3
     assert [k for k, _ in cache.items()] == [7, 8, 9]
+
+
+async def test_an_update_keeps_the_age_of_the_load_it_came_from() -> None:
+    cache, clock = make()
+    store = Store()
+    await cache.get("k", store.load)
+    clock.now = 0.9
+    cache.update("k", "v1-touched")
+    assert cache.peek("k") == "v1-touched"
+    clock.now = 1.0  # as old as the load: expired, however recent the update
+    assert cache.peek("k") is None
+    cache.update("gone", "x")  # not cached: nothing to update
+    assert cache.peek("gone") is None

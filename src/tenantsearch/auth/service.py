@@ -200,7 +200,7 @@ class AuthService:
             raise Unauthenticated("the key is not valid", code="invalid_credentials")
         if record.last_used_at is None or (now - record.last_used_at).total_seconds() > 60:
             await self._store.touch_key(record.id, now)
-            self._cache.put(key_id, (replace(record, last_used_at=now), tenant_active))
+            self._cache.update(key_id, (replace(record, last_used_at=now), tenant_active))
         return Principal(
             key_id=record.id,
             role=record.role,

@@ -91,6 +91,13 @@ class RefreshAheadCache(Generic[K, V]):
             self._evict()
         self._entries[key] = _Entry(value, self._clock())
 
+    def update(self, key: K, value: V) -> None:
+        """Replace a cached value derived from the same load, keeping its age (so it is not served
+        longer than the load it came from allows); nothing when ``key`` is not cached."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.value = value
+
     def pop(self, key: K) -> None:
         """Forget ``key``; a load in flight will not store what it read."""
         self._epoch += 1
