@@ -17,13 +17,11 @@ to the outer error middleware like any route's.
 
 from __future__ import annotations
 
-import re
-
 import orjson
 import pydantic
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenantsearch.api.deps import Requires, Services
@@ -31,8 +29,6 @@ from tenantsearch.api.problems import HANDLERS, Handler
 from tenantsearch.api.routes.search import PATH, router, run_search
 from tenantsearch.api.schemas import SearchBody
 from tenantsearch.auth.rbac import Action
-
-_SEARCH = re.compile(r"/v1/collections/([^/]+)/search")
 
 
 def _json_with_length(scope: Scope) -> bool:
@@ -50,15 +46,16 @@ class SearchFastPath:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._requires = Requires(Action.SEARCH)
-        # The route's own object, so the access log and metrics name the request by its template.
+        # The route's own object: it decides which requests are searches (path and method, as
+        # routing does), and the access log and metrics name the request by its template.
         [self._route] = [r for r in router.routes if isinstance(r, Route) and r.path == PATH]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        match = _SEARCH.fullmatch(scope["path"])
-        if match is None or not _json_with_length(scope):
+        match, child = self._route.matches(scope)
+        if match is not Match.FULL or not _json_with_length(scope):
             await self.app(scope, receive, send)
             return
         raw = await _read(receive)
@@ -84,7 +81,8 @@ class SearchFastPath:
         request = Request(scope, replay)
         try:
             principal = await self._requires(request, services)
-            response = await run_search(services, principal, match.group(1), body, request)
+            name = child["path_params"]["name"]
+            response = await run_search(services, principal, name, body, request)
         except Exception as exc:
             handler = _handler_for(exc)
             if handler is None:
