@@ -21,6 +21,19 @@ def free_port() -> int:
         return port
 
 
+def process_env(port: int, data_dir: Path, extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a ``tenantsearch`` child process: this one's, without its own
+    ``TENANTSEARCH_*`` settings, plus the port, the data dir, log level warning and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTSEARCH_")}
+    env.update(
+        TENANTSEARCH_HTTP_PORT=str(port),
+        TENANTSEARCH_DATA_DIR=str(data_dir),
+        TENANTSEARCH_LOG_LEVEL="warning",
+    )
+    env.update(extra)
+    return env
+
+
 class ServerProcess:
     def __init__(
         self, data_dir: Path, env: Mapping[str, str] | None = None, command: str = "serve"
@@ -34,13 +47,7 @@ class ServerProcess:
         self.stdout_path = data_dir.parent / f"server-{self.port}.out"
 
     def start(self, timeout: float = 60.0) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTSEARCH_")}
-        env.update(
-            TENANTSEARCH_HTTP_PORT=str(self.port),
-            TENANTSEARCH_DATA_DIR=str(self.data_dir),
-            TENANTSEARCH_LOG_LEVEL="warning",
-        )
-        env.update(self.extra_env)
+        env = process_env(self.port, self.data_dir, self.extra_env)
         with self.stdout_path.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tenantsearch", self.command],

@@ -39,7 +39,7 @@ from tenantsearch.app import build_backend
 from tenantsearch.settings import load_settings
 from tests.support.api import ADMIN_KEY
 from tests.support.opensearch import drop_prefix, new_prefix
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, process_env
 
 __all__ = ["Stack", "StackConfig", "TenantsearchProcess"]
 
@@ -119,13 +119,7 @@ class TenantsearchProcess(ServerProcess):
 
     def spawn(self) -> None:
         """Start the process and return at once (see :meth:`wait_ready`)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTSEARCH_")}
-        env.update(
-            TENANTSEARCH_HTTP_PORT=str(self.port),
-            TENANTSEARCH_DATA_DIR=str(self.data_dir),
-            TENANTSEARCH_LOG_LEVEL="warning",
-        )
-        env.update(self.extra_env)
+        env = process_env(self.port, self.data_dir, self.extra_env)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as out:
