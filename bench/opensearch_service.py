@@ -17,7 +17,8 @@ each shape are checked to give the same total and hit ids both ways.
 
 - latency: searches one after the other over one keep-alive connection per target (stdlib
   ``http.client``), interleaved query by query (which target goes first alternates), after a
-  warm-up; p50 and p99.
+  warm-up, in ``--rounds`` rounds; p50 and p99 over all rounds' searches, and the p99 ratio of
+  each round (how far the machine's noise moves it).
 - max QPS: ``--concurrency`` client threads, each on its own keep-alive connection, for
   ``--seconds`` per target.
 
@@ -26,7 +27,7 @@ search reaches the engine, as the direct one does), no rate limit in the way (pl
 ``unlimited``) and log level warning. ``--profile`` samples the service with py-spy during an
 extra max-QPS run and prints where its CPU goes.
 
-Usage: ``python -m bench.opensearch_service [--docs 100000] [--write] [--profile]``
+Usage: ``python -m bench.opensearch_service [--docs 100000] [--rounds 3] [--write] [--profile]``
 (``--write`` replaces the OpenSearch section of docs/benchmarks.md).
 """
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import os
 import shutil
@@ -53,6 +55,7 @@ import orjson
 from tests.support.opensearch_node import OpenSearchNode, build_node, start_node
 from tests.support.server import ServerProcess
 
+from bench.affinity import engine_pinned
 from bench.embedded import FIELDS, FILTER_TAGS, make_docs, percentile, queries
 from tenantsearch.search.opensearch_backend import OpenSearchBackend
 from tenantsearch.search.opensearch_mapping import field_slots
@@ -72,8 +75,10 @@ CHECKED = 25
 PY_SPY = os.environ.get("PY_SPY", "/root/.pyenv/shims/py-spy")
 ROOT = Path(__file__).resolve().parent.parent
 DOCS_FILE = ROOT / "docs" / "benchmarks.md"
-MARK_START, MARK_END = "<!-- opensearch:start -->", "<!-- opensearch:end -->"
-SECTION_TITLE = "## OpenSearch: service vs. direct (`bench/opensearch_service.py`)"
+SECTIONS = {  # --pin-engine: (markers' name, title)
+    False: ("opensearch", "## OpenSearch: service vs. direct (`bench/opensearch_service.py`)"),
+    True: ("opensearch-pinned", "## OpenSearch: service vs. direct, engine on a core of its own"),
+}
 
 Shape = tuple[str, dict[str, Any]]
 SHAPES: list[Shape] = [
@@ -127,8 +132,17 @@ def cpu_seconds(pid: int) -> float:
 @dataclass
 class ShapeResult:
     name: str
-    latency: dict[str, list[float]] = field(default_factory=dict)
+    rounds: list[dict[str, list[float]]] = field(default_factory=list)
+    """Milliseconds per search of each target, one mapping per latency round."""
     load: dict[str, Load] = field(default_factory=dict)
+
+    def latency(self, target: str) -> list[float]:
+        """Every round's searches of ``target``, pooled."""
+        return [ms for r in self.rounds for ms in r[target]]
+
+    def p99_ratios(self) -> list[float]:
+        """Service p99 over direct p99 within each round."""
+        return [percentile(r["service"], 0.99) / percentile(r["direct"], 0.99) for r in self.rounds]
 
 
 # -- setup -------------------------------------------------------------------------------------
@@ -424,9 +438,10 @@ def report(
         "same request, so both sides run the same engine request; the first "
         f"{CHECKED} queries of each shape gave the same total and hits both ways.",
         "",
-        f"Latency: {args.queries:,} searches (1-2 of the 300 most common words) per shape and "
-        f"target, sequential over one keep-alive connection each (stdlib `http.client`), "
-        f"interleaved query by query, after {WARMUP} warm-up searches. Max QPS: "
+        f"Latency: {args.rounds} rounds of {args.queries:,} searches (1-2 of the 300 most common "
+        "words) per shape and target, sequential over one keep-alive connection each (stdlib "
+        f"`http.client`), interleaved query by query, after {WARMUP} warm-up searches; p50 and "
+        "p99 are over every round's searches, and each round's p99 ratio is listed. Max QPS: "
         f"{args.concurrency} client threads with a keep-alive connection each, "
         f"{args.seconds:.0f} s per target.",
         "",
@@ -434,15 +449,16 @@ def report(
         "|---|---|---|---|---|---|",
     ]
     for r in results:
-        s, d = r.latency["service"], r.latency["direct"]
+        s, d = r.latency("service"), r.latency("direct")
         sp50, dp50 = statistics.median(s), statistics.median(d)
         sp99, dp99 = percentile(s, 0.99), percentile(d, 0.99)
         ls, ld = r.load["service"], r.load["direct"]
         lines += [
             f"| {r.name} | p50, ms | {sp50:.2f} | {dp50:.2f} | {sp50 / dp50:.2f}x "
             f"(+{sp50 - dp50:.2f} ms) | {verdict(sp50, dp50, 1.15, 2.0)} |",
-            f"| | p99, ms | {sp99:.2f} | {dp99:.2f} | {sp99 / dp99:.2f}x | "
-            f"{verdict(sp99, dp99, 1.3, None)} |",
+            f"| | p99, ms | {sp99:.2f} | {dp99:.2f} | {sp99 / dp99:.2f}x (rounds: "
+            + ", ".join(f"{x:.2f}x" for x in r.p99_ratios())
+            + f") | {verdict(sp99, dp99, 1.3, None)} |",
             f"| | max QPS ({args.concurrency} clients) | {ls.qps:,.0f} | {ld.qps:,.0f} | "
             f"{ls.qps / ld.qps:.2f}x | |",
             f"| | p50 / p99 at max QPS, ms | {ls.p50:.1f} / {ls.p99:.1f} | "
@@ -456,14 +472,16 @@ def report(
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replace the text between the OpenSearch markers (adding the section if missing)."""
+def write_section(text: str, pinned: bool) -> None:
+    """Replace the text between the section's markers (adding the section if missing)."""
+    name, title = SECTIONS[pinned]
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     current = DOCS_FILE.read_text()
-    if MARK_START not in current:
-        current = current.rstrip("\n") + f"\n\n{SECTION_TITLE}\n\n{MARK_START}\n{MARK_END}\n"
-    head, _, rest = current.partition(MARK_START)
-    _, _, tail = rest.partition(MARK_END)
-    DOCS_FILE.write_text(f"{head}{MARK_START}\n{text}\n{MARK_END}{tail}")
+    if start not in current:
+        current = current.rstrip("\n") + f"\n\n{title}\n\n{start}\n{end}\n"
+    head, _, rest = current.partition(start)
+    _, _, tail = rest.partition(end)
+    DOCS_FILE.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -493,7 +511,12 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
         server = ServerProcess(tmp / "service" / "data", env, command="api")
         server.data_dir.mkdir(parents=True)
         server.start()
+        pinning = contextlib.ExitStack()
         try:
+            if args.pin_engine:
+                assert server.process is not None
+                engine, rest = pinning.enter_context(engine_pinned([server.process.pid]))
+                print(f"engine on CPU {sorted(engine)}, the rest on {sorted(rest)}", flush=True)
             auth = setup_service(server)
             ref = collection_ref(node)
             print(f"ingesting through the adapter's apply (uid {ref.uid})...", flush=True)
@@ -516,7 +539,9 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
                 print(f"{name}: checking, then latency...", flush=True)
                 service, direct = targets_for(server, node, auth, ref, texts, shape)
                 check_equivalent(service, direct, CHECKED)
-                result = ShapeResult(name, latency=sequential([service, direct], args.queries))
+                result = ShapeResult(name)
+                for _ in range(args.rounds):
+                    result.rounds.append(sequential([service, direct], args.queries))
                 for target in (direct, service):
                     print(f"  max QPS, {target.name}...", flush=True)
                     max_qps(target, args.concurrency, 2.0)  # warm-up
@@ -538,9 +563,15 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
                     shutil.copy(tmp / "service.pyspy.txt", args.keep_profile)
             load_after = os.getloadavg()[0]
         finally:
+            pinning.close()
             server.stop()
     setup = f"{os.cpu_count()} cores (1-min load average {load_before:.1f} before the searches, "
     setup += f"{load_after:.1f} after: other work on the machine counts); "
+    if args.pin_engine:
+        setup += (
+            "**the engine on a CPU of its own, the client and the service on the other** "
+            "(`--pin-engine`), as when the engine runs on machines of its own, for both targets; "
+        )
     setup += f"node heap {args.heap}, G1, full JIT; service: one "
     setup += (
         "`tenantsearch api` process (uvicorn, one worker), result cache off, log level warning."
@@ -552,6 +583,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Service vs. direct OpenSearch search.")
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3, help="latency rounds per shape")
+    parser.add_argument(
+        "--pin-engine",
+        action="store_true",
+        help="the engine on a core of its own, the rest on the others (as when deployed apart)",
+    )
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=15.0, help="per max-QPS run")
     parser.add_argument("--heap", default="512m")
@@ -568,7 +605,7 @@ def main() -> None:
         text = run(args, Path(tmp))
     print(text)
     if args.write:
-        write_section(text)
+        write_section(text, args.pin_engine)
 
 
 if __name__ == "__main__":
