@@ -14,7 +14,7 @@ from sqlalchemy import text
 from tenantsearch.errors import Conflict
 from tenantsearch.search.schema import CollectionSchema, FieldSpec, FieldType
 from tenantsearch.store.db import create_engine, migrate
-from tenantsearch.store.records import ApiKey, Role, Task, TaskKind, TaskStatus
+from tenantsearch.store.records import ApiKey, Role, Task, TaskKind, TaskOutcome, TaskStatus
 from tenantsearch.store.repository import MetadataStore
 from tests.support.services import postgres_database
 
@@ -134,6 +134,33 @@ async def test_task_progress_and_pruning(store: MetadataStore) -> None:
     assert (await store.get_task("b")).status is TaskStatus.FAILED  # type: ignore[union-attr]
     assert await store.prune_tasks(datetime.now(UTC) + timedelta(seconds=1)) == 2
     assert await store.get_task("a") is None
+
+
+async def test_finishing_tasks_together_keeps_each_outcome_and_a_first_recording(
+    store: MetadataStore,
+) -> None:
+    for task_id, received in (("a", 3), ("b", 2), ("c", 1)):
+        await store.create_task(_task(task_id, received=received))
+    await store.finish_tasks([TaskOutcome("c", indexed=1)])
+    error = {"id": "x", "message": "m"}
+    await store.finish_tasks(
+        [
+            TaskOutcome("b", failed=2, errors=[error, error]),
+            TaskOutcome("a", indexed=2, failed=1, errors=[error]),
+            TaskOutcome("c", failed=1),  # redelivered after its outcome was recorded
+            TaskOutcome("gone", indexed=5),  # pruned meanwhile: skipped
+        ]
+    )
+    got = {t: await store.get_task(t) for t in "abc"}
+    assert {t: (g.status, g.indexed, g.failed) for t, g in got.items() if g} == {
+        "a": (TaskStatus.SUCCEEDED, 2, 1),
+        "b": (TaskStatus.FAILED, 0, 2),
+        "c": (TaskStatus.SUCCEEDED, 1, 0),
+    }
+    assert got["a"] is not None
+    assert got["a"].errors == [error]
+    assert all(g is not None and g.finished_at is not None for g in got.values())
+    await store.finish_tasks([])
 
 
 async def test_idempotency_lookup_is_per_tenant(store: MetadataStore) -> None:

@@ -10,7 +10,8 @@ two processes) applying writes of one document in either order end with the newe
 How a message ends:
 
 - every op applied, stale or refused for good (``permanent``): its task records the outcome and
-  finishes, and the message is acked (the acks of a collection's messages go in one call);
+  finishes, and the message is acked (a collection's tasks finish in one transaction, and its
+  acks go in one call);
 - undecodable: dead-lettered at once with the reason;
 - ops the engine answers ``retryable`` (429, a write block, a shard not available) while the
   engine itself answers: the lane keeps the message and applies those ops again with capped
@@ -46,7 +47,6 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
 
@@ -59,6 +59,7 @@ from tenantsearch.search.port import CollectionRef, SearchBackend
 from tenantsearch.search.query import WriteResult
 from tenantsearch.search.schema import CollectionSchema
 from tenantsearch.search.service import tenant_namespace
+from tenantsearch.store.records import TaskOutcome
 from tenantsearch.store.repository import MetadataStore
 
 log = structlog.get_logger(__name__)
@@ -127,6 +128,20 @@ class _Work:
 
     def retryable(self) -> list[WriteResult]:
         return [r for r in self.results if r is not None and r.outcome == "retryable"]
+
+    def outcome(self) -> TaskOutcome:
+        """The task's counts and errors, once every op has a result."""
+        results = [r for r in self.results if r is not None]
+        permanent = [r for r in results if r.outcome == "permanent"]
+        return TaskOutcome(
+            self.message.task_id,
+            indexed=len(results) - len(permanent),
+            failed=len(permanent),
+            errors=[
+                {"id": r.id, "message": r.message or "the engine refused the document"}
+                for r in permanent
+            ],
+        )
 
 
 @dataclass
@@ -492,9 +507,11 @@ class Indexer:
             await self._invalidate(collection.tenant_id)
             group.invalidated = True
         done = [work for work in group.pending if not work.todo()]
-        for work in done:
-            if not work.recorded:
-                await self._record(work)
+        unrecorded = [work for work in done if not work.recorded]
+        if unrecorded:
+            # One transaction for the whole group, whatever the number of messages in it.
+            await self._store.finish_tasks([work.outcome() for work in unrecorded])
+            for work in unrecorded:
                 work.recorded = True
         await self._ack([w.delivery for w in done], batch)
         group.pending = [work for work in group.pending if work.todo()]
@@ -514,21 +531,6 @@ class Indexer:
             await self._queue.dead_letter(work.delivery, reason)
             batch.settled([work.delivery])
         group.pending = []
-
-    async def _record(self, work: _Work) -> None:
-        results = [r for r in work.results if r is not None]
-        permanent = [r for r in results if r.outcome == "permanent"]
-        errors: list[dict[str, Any]] = [
-            {"id": r.id, "message": r.message or "the engine refused the document"}
-            for r in permanent
-        ]
-        await self._store.record_progress(
-            work.message.task_id,
-            indexed=len(results) - len(permanent),
-            failed=len(permanent),
-            errors=errors,
-            finish=True,
-        )
 
     async def _ack(self, deliveries: Sequence[Delivery], batch: _Batch) -> None:
         if deliveries:

@@ -67,6 +67,16 @@ class Collection:
 
 
 @dataclass(frozen=True)
+class TaskOutcome:
+    """What applying a task's documents came to: counts and per-document errors."""
+
+    task_id: str
+    indexed: int = 0
+    failed: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Task:
     id: str
     tenant_id: str
