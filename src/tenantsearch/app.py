@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 import httpx
@@ -73,6 +73,7 @@ from tenantsearch.settings import (
     SearchBackendKind,
     Settings,
 )
+from tenantsearch.startup import start_when_available, stop_watch
 from tenantsearch.store.db import create_engine, migrate
 from tenantsearch.store.repository import MetadataStore
 from tenantsearch.tenants.service import TenantService
@@ -222,7 +223,20 @@ def announce_admin_key(token: str) -> None:
     sys.stdout.flush()
 
 
-def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
+class StartupStopped(RuntimeError):
+    """The process was told to stop while it waited for a dependency at start-up."""
+
+
+def create_app(
+    settings: Settings,
+    *,
+    run_indexer: bool = True,
+    stop_requested: Callable[[], bool] | None = None,
+) -> FastAPI:
+    """The API (and, with ``run_indexer``, an indexer in the same process). At start-up it waits
+    for the metadata database and the search engine while they are down, until
+    ``stop_requested()`` (the server's signal flag) turns true; the queue is connected in the
+    background instead (``start_queue``), so the API can serve and answer 503 meanwhile."""
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
@@ -231,11 +245,17 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
         engine = create_engine(
             settings.resolved_database_url, pool_size=settings.database_pool_size
         )
-        await migrate(engine)
         store = MetadataStore(engine)
         backend = build_backend(settings)
         queue = build_queue(settings, consumer=run_indexer, engine=engine)
-        await backend.start()
+        async with stop_watch(stop_requested) as stopping:
+            waits: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+                ("metadata database", lambda: migrate(engine)),
+                ("search engine", backend.start),
+            ]
+            for what, start in waits:
+                if not await start_when_available("api", what, start, stopping):
+                    raise StartupStopped(f"stopped while waiting for the {what}")
         queue_starter = await start_queue(queue)
         admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
         audit = AuditLog(store)
@@ -255,7 +275,7 @@ def create_app(settings: Settings, *, run_indexer: bool = True) -> FastAPI:
         )
         limiter = build_limiter(settings)
         cache = build_cache(settings, run_indexer=run_indexer)
-        await limiter.start()
+        await limiter.start()  # Redis clients connect on first use: nothing to wait for here
         if cache is not None:
             await cache.start()
         limits = LimitService(limiter, store, metrics, default_plan=settings.default_plan)

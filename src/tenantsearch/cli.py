@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from tenantsearch.errors import TenantSearchError
 from tenantsearch.ingest.dead_letters import DeadLetterSummary
@@ -55,7 +56,12 @@ def _serve(settings: Settings, *, run_indexer: bool) -> None:
     from tenantsearch.observability.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings, run_indexer=run_indexer)
+    server: uvicorn.Server | None = None  # set below; its signal flag stops start-up waits
+    app = create_app(
+        settings,
+        run_indexer=run_indexer,
+        stop_requested=lambda: server is not None and server.should_exit,
+    )
     config = uvicorn.Config(
         app,
         host=settings.http_host,
@@ -65,8 +71,16 @@ def _serve(settings: Settings, *, run_indexer: bool) -> None:
         server_header=False,
         timeout_graceful_shutdown=30,
     )
+    server = uvicorn.Server(config)
     tune_gc()
-    uvicorn.Server(config).run()
+    try:
+        server.run()
+    except SystemExit as exc:
+        # uvicorn exits with STARTUP_FAILURE when start-up raised (and logs why). Told to stop
+        # while it waited for a dependency, the process exits 0, as after serving.
+        if exc.code == STARTUP_FAILURE and server.should_exit:
+            return
+        raise
 
 
 @cli.command()

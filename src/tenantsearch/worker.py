@@ -10,19 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
 
 from tenantsearch.app import build_backend, build_cache, build_queue, indexer_config
-from tenantsearch.errors import ServiceUnavailable
 from tenantsearch.ingest.dead_letters import DeadLetterService
-from tenantsearch.ingest.indexer import Indexer, capped_backoff
+from tenantsearch.ingest.indexer import Indexer
 from tenantsearch.queue.port import Queue
 from tenantsearch.search.port import SearchBackend
 from tenantsearch.settings import CacheBackendKind, Settings
+from tenantsearch.startup import start_when_available
 from tenantsearch.store.db import create_engine, migrate
 from tenantsearch.store.repository import MetadataStore
 
@@ -58,39 +57,6 @@ async def runtime(
         await store.close()
 
 
-STARTUP_RETRY_BASE_SECONDS = 0.5
-STARTUP_RETRY_MAX_SECONDS = 5.0
-STARTUP_ERRORS: tuple[type[BaseException], ...] = (ServiceUnavailable, SQLAlchemyError, OSError)
-"""What a dependency that is down (or still starting) raises at start-up: waited out."""
-
-
-async def _start(what: str, start: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> bool:
-    """Run ``start`` until it works (True) or ``stopping`` is set (False), waiting with capped
-    backoff between tries and logging each wait."""
-    attempt = 0
-    while not stopping.is_set():
-        attempt += 1
-        try:
-            await start()
-        except STARTUP_ERRORS as exc:
-            delay = capped_backoff(attempt, STARTUP_RETRY_BASE_SECONDS, STARTUP_RETRY_MAX_SECONDS)
-            detail = exc.detail if isinstance(exc, ServiceUnavailable) else repr(exc)
-            log.warning(
-                "indexer_waiting_for_dependency",
-                dependency=what,
-                error=detail,
-                attempt=attempt,
-                delay=round(delay, 3),
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), delay)
-        else:
-            if attempt > 1:
-                log.info("indexer_dependency_available", dependency=what, attempts=attempt)
-            return True
-    return False
-
-
 async def run_indexer(settings: Settings) -> None:
     """Consume until SIGTERM or SIGINT; then finish the batches in hand and exit.
 
@@ -114,16 +80,18 @@ async def run_indexer(settings: Settings) -> None:
         engine = create_engine(settings.resolved_database_url)
         store = MetadataStore(engine)
         resources.push_async_callback(store.close)
-        if not await _start("metadata database", lambda: migrate(engine), stopping):
+        if not await start_when_available(
+            "indexer", "metadata database", lambda: migrate(engine), stopping
+        ):
             return
         # Each is closed on the way out even if it never started (a client may exist already).
         queue = build_queue(settings, consumer=True, engine=engine)
         resources.push_async_callback(queue.close)
-        if not await _start("queue", queue.start, stopping):
+        if not await start_when_available("indexer", "queue", queue.start, stopping):
             return
         backend = build_backend(settings)
         resources.push_async_callback(backend.close)
-        if not await _start("search engine", backend.start, stopping):
+        if not await start_when_available("indexer", "search engine", backend.start, stopping):
             return
         # A shared (Redis) result cache must learn of every applied batch; an in-process cache
         # of this process would serve nobody (API processes do not cache without a shared cache).
@@ -134,7 +102,7 @@ async def run_indexer(settings: Settings) -> None:
         )
         if cache is not None:
             resources.push_async_callback(cache.close)
-            if not await _start("cache", cache.start, stopping):
+            if not await start_when_available("indexer", "cache", cache.start, stopping):
                 return
         indexer = Indexer(queue, backend, store, indexer_config(settings), cache=cache)
         if stopping.is_set():

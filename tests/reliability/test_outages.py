@@ -11,6 +11,9 @@ processes (``tests/support/stack.py``) on real RabbitMQ, PostgreSQL and OpenSear
 - O2: the broker is down when an indexer and the API start: the indexer waits for it (one log line
   per try) instead of exiting, and answers SIGTERM meanwhile; the API serves, ``/readyz`` says the
   queue is unavailable and writes answer 503 problem+json. Once the broker is up, both work.
+- O4: PostgreSQL and the engine are down when the API starts: it waits for each in turn (one log
+  line per try) instead of exiting, and a second API told to stop meanwhile stops at once. Once
+  both are up, the API becomes ready and a write lands.
 """
 
 from __future__ import annotations
@@ -341,3 +344,73 @@ async def test_o3_a_metadata_database_restart_loses_nothing(
             bad = {i: t for i, t in tasks.items() if t["status"] != "succeeded" or t["failed"]}
             assert not bad, bad
             assert await dead_letters(http, client.tenant) == []
+
+
+# -- O4 ------------------------------------------------------------------------------------------
+
+
+async def test_o4_an_api_started_before_its_database_and_engine_waits_for_them(
+    tmp_path: Path, engine_proxy: TcpProxy, rabbitmq_url: str, private_postgres: Postgres
+) -> None:
+    config = StackConfig(engine_proxy.url, rabbitmq_url, private_postgres.url)
+    with Stack(tmp_path, config) as stack:
+        await asyncio.to_thread(stack.prepare_engine)
+        await asyncio.to_thread(private_postgres.stop)
+        engine_proxy.cut()
+        stack.api.spawn()
+        quitter = TenantsearchProcess(  # a second API, told to stop while it waits
+            "api", stack.directory / "api-2", stack.directory / "api-2.log", config.environment()
+        )
+        quitter.spawn()
+        restored = False
+
+        def waits(process: TenantsearchProcess, dependency: str) -> int:
+            found = events(process, "api_waiting_for_dependency")
+            return sum(1 for e in found if e["dependency"] == dependency)
+
+        try:
+            await eventually(
+                lambda: asyncio.sleep(
+                    0,
+                    waits(stack.api, "metadata database") >= 3
+                    and waits(quitter, "metadata database") >= 1,
+                ),
+                timeout=60,
+                what="both APIs waiting for the database",
+            )
+            assert stack.api.running()
+            assert quitter.process is not None
+            quitter.process.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            await asyncio.to_thread(quitter.process.wait, 15)
+            assert time.monotonic() - started < 5
+            assert quitter.process.returncode == 0
+            assert events(quitter, "started") == []
+
+            # The database comes up: the API goes on to wait for the engine, still alive.
+            await asyncio.to_thread(private_postgres.start)
+            await eventually(
+                lambda: asyncio.sleep(0, waits(stack.api, "search engine") >= 2),
+                timeout=60,
+                what="the API waiting for the engine",
+            )
+            assert stack.api.running()
+
+            engine_proxy.restore()
+            restored = True
+            await asyncio.to_thread(stack.api.wait_ready, 60)
+            await asyncio.to_thread(stack.start_indexer)
+            async with connect(stack) as http:
+                client = await new_tenant(http)
+                r = await http.put(
+                    "/v1/collections/docs/documents/d00001?wait=true",
+                    json=document(1),
+                    headers=client.auth,
+                )
+                assert r.status_code == 200, r.text
+                assert r.json()["status"] == "succeeded"
+                assert (await client.get("docs", "d00001")).json() == document(1)
+        finally:
+            quitter.kill()
+            if not restored:
+                engine_proxy.restore()  # the stack drops its indices through it
