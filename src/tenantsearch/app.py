@@ -234,7 +234,7 @@ def create_app(
     stop_requested: Callable[[], bool] | None = None,
 ) -> FastAPI:
     """The API (and, with ``run_indexer``, an indexer in the same process). At start-up it waits
-    for the metadata database and the search engine while they are down, until
+    for PostgreSQL and OpenSearch while they are down, until
     ``stop_requested()`` (the server's signal flag) turns true; the queue is connected in the
     background instead (``start_queue``), so the API can serve and answer 503 meanwhile."""
     metrics = Metrics()
@@ -248,13 +248,21 @@ def create_app(
         store = MetadataStore(engine)
         backend = build_backend(settings)
         queue = build_queue(settings, consumer=run_indexer, engine=engine)
+        # A server may be down or still starting: waited for. The embedded SQLite file and
+        # Tantivy index are local: an error there is a misconfiguration, which fails at once.
+        starts: list[tuple[str, Callable[[], Awaitable[None]], bool]] = [
+            (
+                "metadata database",
+                lambda: migrate(engine),
+                not settings.resolved_database_url.startswith("sqlite"),
+            ),
+            ("search engine", backend.start, settings.search_backend != SearchBackendKind.TANTIVY),
+        ]
         async with stop_watch(stop_requested) as stopping:
-            waits: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-                ("metadata database", lambda: migrate(engine)),
-                ("search engine", backend.start),
-            ]
-            for what, start in waits:
-                if not await start_when_available("api", what, start, stopping):
+            for what, start, remote in starts:
+                if not remote:
+                    await start()
+                elif not await start_when_available("api", what, start, stopping):
                     raise StartupStopped(f"stopped while waiting for the {what}")
         queue_starter = await start_queue(queue)
         admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None

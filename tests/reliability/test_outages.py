@@ -36,6 +36,7 @@ import pytest
 
 from tests.reliability.conftest import StackFactory
 from tests.reliability.test_ingestion import (
+    Client,
     Engine,
     connect,
     dead_letters,
@@ -135,6 +136,16 @@ class TcpProxy:
         finally:
             with contextlib.suppress(OSError):
                 sink.shutdown(socket.SHUT_WR)
+
+
+async def a_write_lands(http: httpx.AsyncClient, client: Client) -> None:
+    """A document PUT with ``wait=true`` succeeds, and reads back as it was written."""
+    r = await http.put(
+        "/v1/collections/docs/documents/d00001?wait=true", json=document(1), headers=client.auth
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "succeeded"
+    assert (await client.get("docs", "d00001")).json() == document(1)
 
 
 @pytest.fixture
@@ -271,14 +282,7 @@ async def test_o2_indexer_and_api_started_before_the_broker_wait_for_it(
         await asyncio.to_thread(private_broker.start)
         await asyncio.to_thread(indexer.wait_ready, 60)
         await asyncio.to_thread(stack.api.wait_ready, 60)
-        r = await http.put(
-            "/v1/collections/docs/documents/d00001?wait=true",
-            json=document(1),
-            headers=client.auth,
-        )
-        assert r.status_code == 200, r.text
-        assert r.json()["status"] == "succeeded"
-        assert (await client.get("docs", "d00001")).json() == document(1)
+        await a_write_lands(http, client)
 
 
 # -- O3 ------------------------------------------------------------------------------------------
@@ -402,14 +406,7 @@ async def test_o4_an_api_started_before_its_database_and_engine_waits_for_them(
             await asyncio.to_thread(stack.start_indexer)
             async with connect(stack) as http:
                 client = await new_tenant(http)
-                r = await http.put(
-                    "/v1/collections/docs/documents/d00001?wait=true",
-                    json=document(1),
-                    headers=client.auth,
-                )
-                assert r.status_code == 200, r.text
-                assert r.json()["status"] == "succeeded"
-                assert (await client.get("docs", "d00001")).json() == document(1)
+                await a_write_lands(http, client)
         finally:
             quitter.kill()
             if not restored:
