@@ -234,9 +234,9 @@ def create_app(
     stop_requested: Callable[[], bool] | None = None,
 ) -> FastAPI:
     """The API (and, with ``run_indexer``, an indexer in the same process). At start-up it waits
-    for PostgreSQL and OpenSearch while they are down, until
-    ``stop_requested()`` (the server's signal flag) turns true; the queue is connected in the
-    background instead (``start_queue``), so the API can serve and answer 503 meanwhile."""
+    for PostgreSQL and OpenSearch while they are down, until ``stop_requested()`` (the server's
+    signal flag) turns true; the queue is connected in the background instead (``start_queue``),
+    so the API can serve and answer 503 meanwhile."""
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
