@@ -22,10 +22,11 @@ process used (from /proc) and the engine's refreshes, which tell which stage lim
 ``--profile`` the API's and the indexer's hottest functions (py-spy). ``--pin-engine`` runs
 the engine on a core of its own (``bench/affinity.py``). Starts its own OpenSearch
 node (full JIT, 512 MB heap), RabbitMQ and PostgreSQL unless URLs are given. Prints a Markdown
-table; ``--write`` replaces the pipeline section of docs/benchmarks.md (between markers). Usage::
+table; ``--write`` replaces the pipeline section of docs/benchmarks.md (with ``--pin-engine``,
+its pinned section). Usage::
 
     python -m bench.ingest_pipeline [--docs 20000] [--batch 500] [--senders 4] [--lanes 2]
-        [--indexer-batch 5000] [--rounds 5] [--write]
+        [--indexer-batch 5000] [--rounds 5] [--pin-engine] [--write]
 """
 
 from __future__ import annotations

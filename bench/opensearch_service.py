@@ -25,10 +25,12 @@ each shape are checked to give the same total and hit ids both ways.
 The service runs with the search result cache off (``TENANTSEARCH_CACHE_BACKEND=none``: every
 search reaches the engine, as the direct one does), no rate limit in the way (plan
 ``unlimited``) and log level warning. ``--profile`` samples the service with py-spy during an
-extra max-QPS run and prints where its CPU goes.
+extra max-QPS run and prints where its CPU goes. ``--pin-engine`` runs the engine on a core of
+its own and the client and the service on the others (``bench/affinity.py``).
 
-Usage: ``python -m bench.opensearch_service [--docs 100000] [--rounds 3] [--write] [--profile]``
-(``--write`` replaces the OpenSearch section of docs/benchmarks.md).
+Usage: ``python -m bench.opensearch_service [--docs 100000] [--rounds 3] [--pin-engine]
+[--write] [--profile]`` (``--write`` replaces the OpenSearch section of docs/benchmarks.md, or
+with ``--pin-engine`` its pinned section).
 """
 
 from __future__ import annotations
