@@ -122,15 +122,15 @@ async def test_keys_and_collections(store: MetadataStore) -> None:
 
 async def test_task_progress_and_pruning(store: MetadataStore) -> None:
     await store.create_task(_task("a", received=3))
-    await store.record_progress(
-        "a", indexed=2, failed=1, errors=[{"id": "x", "message": "m"}], finish=True
+    await store.finish_tasks(
+        [TaskOutcome("a", indexed=2, failed=1, errors=[{"id": "x", "message": "m"}])]
     )
     task = await store.get_task("a")
     assert task is not None
     assert (task.status, task.indexed, task.failed) == (TaskStatus.SUCCEEDED, 2, 1)
     assert task.errors == [{"id": "x", "message": "m"}]
     await store.create_task(_task("b", received=1))
-    await store.record_progress("b", failed=1, finish=True)
+    await store.finish_tasks([TaskOutcome("b", failed=1)])
     assert (await store.get_task("b")).status is TaskStatus.FAILED  # type: ignore[union-attr]
     assert await store.prune_tasks(datetime.now(UTC) + timedelta(seconds=1)) == 2
     assert await store.get_task("a") is None

@@ -564,7 +564,7 @@ class Indexer:
             batch.settled([delivery])
             return
         await self._invalidate(message.tenant)
-        await self._store.record_progress(message.task_id, finish=True)
+        await self._store.finish_tasks([TaskOutcome(message.task_id)])
         await self._ack([delivery], batch)
 
     async def _maybe_prune(self) -> None:

@@ -14,7 +14,7 @@ from tenantsearch.ingest.messages import Message, encode
 from tenantsearch.queue.port import Queue, QueueUnavailable
 from tenantsearch.search.port import CollectionRef, SearchBackend
 from tenantsearch.search.schema import NAME_RE, CollectionSchema, SchemaErrors, parse_schema
-from tenantsearch.store.records import Collection, Task, TaskKind
+from tenantsearch.store.records import Collection, Task, TaskKind, TaskOutcome
 from tenantsearch.store.repository import MetadataStore
 
 log = structlog.get_logger(__name__)
@@ -143,6 +143,6 @@ class CollectionService:
         except QueueUnavailable:
             # The collection is already gone for clients; do not leave its data behind.
             await self._backend.drop_collection(ref_of(collection))
-            await self._store.record_progress(task.id, finish=True)
+            await self._store.finish_tasks([TaskOutcome(task.id)])
         log.info("collection_deleted", collection=name, uid=collection.uid, task_id=task.id)
         return task

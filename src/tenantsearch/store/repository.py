@@ -146,33 +146,22 @@ def _audit(row: AuditEventRow) -> AuditEvent:
     )
 
 
-def _progress(
-    row: TaskRow,
-    indexed: int,
-    failed: int,
-    errors: Sequence[dict[str, Any]],
-    *,
-    finish: bool,
-    now: datetime,
-) -> None:
-    """Add counts and errors to a locked task row; see ``MetadataStore.record_progress``."""
-    if finish and row.finished_at is not None:
-        # Delivered again after its outcome was recorded (the ack was lost): the first
-        # recording stands, counts are not added twice.
+def _finish(row: TaskRow, outcome: TaskOutcome, now: datetime) -> None:
+    """Finish a locked task row with ``outcome``: succeeded unless every received document
+    failed. A task finished already keeps its first outcome (delivered again after the ack was
+    lost: counts are not added twice)."""
+    if row.finished_at is not None:
         return
-    row.indexed += indexed
-    row.failed += failed
-    if errors and len(row.errors or []) < MAX_TASK_ERRORS:
+    row.indexed += outcome.indexed
+    row.failed += outcome.failed
+    if outcome.errors and len(row.errors or []) < MAX_TASK_ERRORS:
         room = MAX_TASK_ERRORS - len(row.errors or [])
-        row.errors = [*(row.errors or []), *list(errors)[:room]]
+        row.errors = [*(row.errors or []), *outcome.errors[:room]]
     if row.started_at is None:
         row.started_at = now
-    if finish:
-        all_failed = row.received > 0 and row.failed >= row.received
-        row.status = (TaskStatus.FAILED if all_failed else TaskStatus.SUCCEEDED).value
-        row.finished_at = now
-    elif row.status == TaskStatus.QUEUED.value:
-        row.status = TaskStatus.PROCESSING.value
+    all_failed = row.received > 0 and row.failed >= row.received
+    row.status = (TaskStatus.FAILED if all_failed else TaskStatus.SUCCEEDED).value
+    row.finished_at = now
 
 
 class MetadataStore:
@@ -443,29 +432,11 @@ class MetadataStore:
         async with self._tx() as s:
             return [_task(r) for r in (await s.scalars(query)).all()]
 
-    async def record_progress(
-        self,
-        task_id: str,
-        *,
-        indexed: int = 0,
-        failed: int = 0,
-        errors: Sequence[dict[str, Any]] = (),
-        finish: bool = False,
-    ) -> Task | None:
-        """Add counts and errors to a task; mark it processing, or finished when ``finish``
-        (succeeded unless every received document failed)."""
-        async with self._tx() as s:
-            row = await s.get(TaskRow, task_id, with_for_update=True)
-            if row is None:
-                return None
-            _progress(row, indexed, failed, errors, finish=finish, now=_now())
-            return _task(row)
-
     async def finish_tasks(self, outcomes: Sequence[TaskOutcome]) -> None:
-        """Finish several tasks with their outcomes in one transaction (what ``record_progress``
-        with ``finish`` does to each): the indexer settles a batch's messages at once. Rows are
-        locked in id order, so two indexers finishing overlapping sets cannot deadlock; unknown
-        ids are skipped."""
+        """Finish tasks with their outcomes, in one transaction (the indexer settles a batch's
+        messages at once). Rows are locked in id order, so two indexers finishing overlapping sets
+        cannot deadlock; unknown ids are skipped, and a task finished already keeps its first
+        outcome."""
         if not outcomes:
             return
         now = _now()
@@ -476,9 +447,7 @@ class MetadataStore:
             for outcome in outcomes:
                 row = rows.get(outcome.task_id)
                 if row is not None:
-                    _progress(
-                        row, outcome.indexed, outcome.failed, outcome.errors, finish=True, now=now
-                    )
+                    _finish(row, outcome, now)
 
     async def fail_task(self, task_id: str, message: str) -> None:
         async with self._tx() as s:
