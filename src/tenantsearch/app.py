@@ -50,7 +50,7 @@ from tenantsearch.cache.memory import MemoryCache
 from tenantsearch.cache.port import Cache
 from tenantsearch.cache.redis import RedisCache
 from tenantsearch.ingest.dead_letters import DeadLetterService
-from tenantsearch.ingest.indexer import Indexer, IndexerConfig, capped_backoff
+from tenantsearch.ingest.indexer import Indexer, IndexerConfig
 from tenantsearch.ingest.service import DocumentReader, TaskService, WriteLimits, WriteService
 from tenantsearch.limits.memory import MemoryRateLimiter
 from tenantsearch.limits.port import RateLimiter
@@ -184,31 +184,21 @@ def indexer_config(settings: Settings) -> IndexerConfig:
     )
 
 
-async def start_queue(queue: Queue) -> asyncio.Task[None] | None:
+async def start_queue(queue: Queue) -> asyncio.Task[bool] | None:
     """Start the queue. If the broker is down, start-up goes on and a background task keeps
-    trying (capped backoff) until it comes up: meanwhile ``/readyz`` answers 503 naming the
-    queue, and writes answer 503 problem+json. Returns that task, or None if the queue started."""
+    trying (``start_when_available``) until it comes up: meanwhile ``/readyz`` answers 503 naming
+    the queue, and writes answer 503 problem+json. Returns that task, or None if the queue
+    started."""
     try:
         await queue.start()
     except QueueUnavailable as exc:
         log.warning("queue_unavailable_at_start", error=exc.detail)
     else:
         return None
-
-    async def keep_trying() -> None:
-        attempt = 0
-        while True:
-            attempt += 1
-            await asyncio.sleep(capped_backoff(attempt, 0.5, 5.0))
-            try:
-                await queue.start()
-            except QueueUnavailable as exc:
-                log.warning("queue_unavailable_at_start", error=exc.detail, attempt=attempt + 1)
-            else:
-                log.info("queue_started", attempts=attempt + 1)
-                return
-
-    return asyncio.create_task(keep_trying(), name="queue-start")
+    never = asyncio.Event()  # the task is cancelled at shutdown instead
+    return asyncio.create_task(
+        start_when_available("api", "queue", queue.start, never), name="queue-start"
+    )
 
 
 def announce_admin_key(token: str) -> None:
