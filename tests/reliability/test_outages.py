@@ -138,6 +138,35 @@ class TcpProxy:
                 sink.shutdown(socket.SHUT_WR)
 
 
+async def each_landed_once(
+    http: httpx.AsyncClient,
+    client: Client,
+    engine: Engine,
+    uid: str,
+    accepted: dict[str, str],
+    *,
+    timeout: float,
+    every: float = 0.25,
+) -> None:
+    """Once every accepted write (document id -> task id) is indexed: each document is in the
+    engine exactly once and listed, every task succeeded with no failure, nothing was
+    dead-lettered."""
+
+    async def all_indexed() -> bool:
+        return await engine.count(client.tenant, uid) >= len(accepted)
+
+    await eventually(
+        all_indexed, timeout=timeout, what="every accepted document indexed", every=every
+    )
+    tasks = await client.tasks(sorted(set(accepted.values())), timeout=30)
+    assert await engine.count(client.tenant, uid) == len(accepted)
+    assert await engine.duplicated_ids(client.tenant, uid) == []
+    assert set(await client.all_ids("docs")) == set(accepted)
+    bad = {i: t for i, t in tasks.items() if t["status"] != "succeeded" or t["failed"]}
+    assert not bad, bad
+    assert await dead_letters(http, client.tenant) == []
+
+
 async def a_write_lands(http: httpx.AsyncClient, client: Client) -> None:
     """A document PUT with ``wait=true`` succeeds, and reads back as it was written."""
     r = await http.put(
@@ -209,18 +238,7 @@ async def test_o1_an_engine_outage_loses_and_dead_letters_nothing(
         await asyncio.gather(outage(), *(writer() for _ in range(3)))
         assert accepted_during_cut > 0
 
-        async def all_indexed() -> bool:
-            return await engine.count(client.tenant, uid) >= len(accepted)
-
-        await eventually(all_indexed, timeout=45, what="every accepted document indexed", every=1)
-        tasks = await client.tasks(sorted(set(accepted.values())), timeout=30)
-
-        assert await engine.count(client.tenant, uid) == len(accepted)
-        assert await engine.duplicated_ids(client.tenant, uid) == []
-        assert set(await client.all_ids("docs")) == set(accepted)
-        bad = {i: t for i, t in tasks.items() if t["status"] != "succeeded" or t["failed"]}
-        assert not bad, bad
-        assert await dead_letters(http, client.tenant) == []
+        await each_landed_once(http, client, engine, uid, accepted, timeout=45, every=1)
         assert await ledger_rows(database_url, stack.config.queue) == 0
         waited = [e for p in stack.indexers for e in events(p, "indexer_waiting_for_dependency")]
         assert {e["dependency"] for e in waited} >= {"search_unavailable"}
@@ -333,21 +351,10 @@ async def test_o3_a_metadata_database_restart_loses_nothing(
 
             await asyncio.gather(outage(), *(writer() for _ in range(3)))
 
-            async def all_indexed() -> bool:
-                return await engine.count(client.tenant, uid) >= len(accepted)
-
-            await eventually(all_indexed, timeout=60, what="every accepted document indexed")
-            tasks = await client.tasks(sorted(set(accepted.values())), timeout=30)
-
+            await each_landed_once(http, client, engine, uid, accepted, timeout=60)
             # While the database was down, writes were refused with 503, never a 500.
             assert client.statuses[503] > 0, client.statuses
             assert client.statuses[500] == 0, client.statuses
-            assert await engine.count(client.tenant, uid) == len(accepted)
-            assert await engine.duplicated_ids(client.tenant, uid) == []
-            assert set(await client.all_ids("docs")) == set(accepted)
-            bad = {i: t for i, t in tasks.items() if t["status"] != "succeeded" or t["failed"]}
-            assert not bad, bad
-            assert await dead_letters(http, client.tenant) == []
 
 
 # -- O4 ------------------------------------------------------------------------------------------
