@@ -226,6 +226,9 @@ class OpenSearchNode:
         transport_port: int,
         process: subprocess.Popen[bytes],
         started_at: float,
+        argv: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        single: bool = True,
     ) -> None:
         self.node_name = node_name
         self.cluster_name = cluster_name
@@ -236,6 +239,9 @@ class OpenSearchNode:
         self.process = process
         self.started_at = started_at
         self.startup_seconds: float | None = None
+        self._argv = list(argv)
+        self._env = dict(env or {})
+        self.single = single  # discovery.type=single-node
 
     def __repr__(self) -> str:
         return f"OpenSearchNode({self.node_name!r}, url={self.url!r}, pid={self.pid})"
@@ -346,6 +352,19 @@ class OpenSearchNode:
         self.process.wait()
         _forget(self)
 
+    def restart(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Start the JVM again after :meth:`kill` or :meth:`stop`: same home (its data and
+        translog, recovered at start), ports and settings; returns once it is ready, as
+        :func:`start_node` does."""
+        if self.is_running():
+            raise OpenSearchNodeError(f"node {self.node_name} is still running")
+        self.process = _launch(self._argv, self._env, self.home, self.log_path)
+        self.started_at = time.monotonic()
+        self.startup_seconds = None
+        with _live_lock:
+            _live_nodes.add(self)
+        self.wait_ready(timeout, cluster=self.single)
+
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (clean shutdown), then SIGKILL after ``timeout`` seconds."""
         if self.is_running():
@@ -445,16 +464,7 @@ def spawn_node(
     env["OPENSEARCH_NODE_SKIP_BUILD"] = "1"  # built above; never build from run.sh here
     env["OPENSEARCH_NODE_PARENT_PID"] = str(os.getpid())
     argv = ["bash", str(RUN_SH), *(f"-E{k}={v}" for k, v in s.items())]
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            argv,
-            cwd=home,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = _launch(argv, env, home, log_path)
     node = OpenSearchNode(
         node_name=node_name,
         cluster_name=cluster_name,
@@ -464,10 +474,28 @@ def spawn_node(
         transport_port=transport_port,
         process=process,
         started_at=time.monotonic(),
+        argv=argv,
+        env=env,
+        single=s.get("discovery.type") == "single-node",
     )
     with _live_lock:
         _live_nodes.add(node)
     return node
+
+
+def _launch(
+    argv: Sequence[str], env: Mapping[str, str], home: Path, log_path: Path
+) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            argv,
+            cwd=home,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def start_node(

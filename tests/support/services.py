@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import pwd
 import shutil
@@ -128,6 +129,15 @@ def _port_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         return True
     return False
+
+
+def _kill_group(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL the process group of ``proc`` (its own session) and reap ``proc``."""
+    if proc is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
 
 
 def _stop_group(proc: subprocess.Popen[bytes] | None, timeout: float = STOP_TIMEOUT) -> None:
@@ -298,6 +308,11 @@ class RabbitMq(Service):
         server, self._server = self._server, None
         _stop_group(server)
 
+    def kill(self) -> None:
+        """SIGKILL the broker (a crash: nothing is flushed or closed); ``start`` recovers it."""
+        server, self._server = self._server, None
+        _kill_group(server)
+
     def _dispose(self) -> None:
         try:
             self.stop()
@@ -329,12 +344,18 @@ def rabbitmq(tmp_dir: Path) -> Iterator[RabbitMq]:
 
 
 class Postgres(Service):
-    """A private PostgreSQL 15 cluster (trust auth, fsync off: tests need no durability)."""
+    """A private PostgreSQL 15 cluster (trust auth, fsync off: tests need no durability).
+
+    ``durable``: commits wait for their WAL to be written (``synchronous_commit`` on, as
+    PostgreSQL's default), so a commit survives :meth:`kill` of every server process. fsync stays
+    off: the kernel keeps what was written, and only a crash of the machine would lose it.
+    """
 
     name = "postgres"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, durable: bool = False) -> None:
         super().__init__(directory)
+        self.durable = durable
         self.port = free_port()
         self.data = directory / "data"
         self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
@@ -351,9 +372,10 @@ class Postgres(Service):
     def start(self, timeout: float = POSTGRES_START_TIMEOUT) -> None:
         options = (
             f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-            " -c max_connections=200"
+            " -c fsync=off -c full_page_writes=off -c max_connections=200"
         )
+        if not self.durable:
+            options += " -c synchronous_commit=off"
         self._started = True
         try:
             _run(
@@ -381,11 +403,37 @@ class Postgres(Service):
             timeout=40,
         )  # fmt: skip
 
+    def kill(self) -> None:
+        """SIGKILL the postmaster and every server process (a crash: ``start`` then runs crash
+        recovery from the WAL). pg_ctl starts the postmaster in a session of its own, so its
+        process group is the whole server."""
+        if not self._started:
+            return
+        self._started = False
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _group_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies waiting to be reaped do not)."""
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # pid (comm) state ppid pgrp ...; comm may hold spaces, so split after its ")".
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                return True
+    return False
+
 
 @contextlib.contextmanager
-def postgres(tmp_dir: Path) -> Iterator[Postgres]:
+def postgres(tmp_dir: Path, *, durable: bool = False) -> Iterator[Postgres]:
     """A private PostgreSQL server; ``.url`` is an asyncpg SQLAlchemy URL of db ``postgres``."""
-    with _running(Postgres, _service_dir(tmp_dir, "postgres", "postgres")) as server:
+    directory = _service_dir(tmp_dir, "postgres", "postgres")
+    with _running(functools.partial(Postgres, durable=durable), directory) as server:
         yield server
 
 
