@@ -12,7 +12,7 @@ import typer
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
-from tenantsearch.errors import TenantSearchError
+from tenantsearch.errors import Misconfigured, TenantSearchError
 from tenantsearch.ingest.dead_letters import DeadLetterSummary
 from tenantsearch.settings import Settings, SettingsError, load_settings
 from tenantsearch.worker import dead_letters
@@ -104,7 +104,11 @@ def indexer() -> None:
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
     tune_gc()
-    asyncio.run(run_indexer(settings))
+    try:
+        asyncio.run(run_indexer(settings))
+    except Misconfigured as exc:  # logged as indexer_misconfigured: waiting would not help
+        sys.stderr.write(f"tenantsearch: {exc.detail}\n")
+        raise typer.Exit(2) from exc
 
 
 @cli.command()

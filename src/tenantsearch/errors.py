@@ -107,6 +107,13 @@ class ServiceUnavailable(TenantSearchError):
     title = "The service is temporarily unavailable"
 
 
+class Misconfigured(ServiceUnavailable):
+    """A setting makes a dependency unusable (a CA file that cannot be read): waiting does not
+    mend it, so a process starting up stops with this message instead of trying again."""
+
+    code = "misconfigured"
+
+
 class BackendError(TenantSearchError):
     """An engine failure that is not the client's fault and not (known to be) transient."""
 

@@ -4,7 +4,8 @@
 search engine, the queue or Redis (a host reboot, an orchestrator starting everything at once):
 instead of exiting, they try again with capped backoff, logging each wait
 (``<process>_waiting_for_dependency``), until the dependency answers or the process is told to
-stop.
+stop. A setting that makes a dependency unusable (:class:`~tenantsearch.errors.Misconfigured`)
+is not waited out: it is logged as ``<process>_misconfigured`` and the start fails with it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
-from tenantsearch.errors import ServiceUnavailable
+from tenantsearch.errors import Misconfigured, ServiceUnavailable
 from tenantsearch.ingest.indexer import capped_backoff
 
 log = structlog.get_logger(__name__)
@@ -37,6 +38,9 @@ async def start_when_available(
         attempt += 1
         try:
             await start()
+        except Misconfigured as exc:
+            log.error(f"{process}_misconfigured", dependency=what, error=exc.detail)  # noqa: TRY400 - the message says it all
+            raise
         except STARTUP_ERRORS as exc:
             delay = capped_backoff(attempt, STARTUP_RETRY_BASE_SECONDS, STARTUP_RETRY_MAX_SECONDS)
             detail = exc.detail if isinstance(exc, ServiceUnavailable) else repr(exc)

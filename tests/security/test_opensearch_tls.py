@@ -10,8 +10,11 @@ share nothing.
 
 - (a) the adapter with ``ca_file`` + username/password passes a smoke set through the proxy;
 - (b) with verification on and a certificate it does not trust (no CA given, or another CA) the
-  adapter raises ``BackendUnavailable`` whose message is ours; a running app whose proxy starts
-  presenting an untrusted certificate answers 503 ``search_unavailable``, no stack trace;
+  adapter raises ``BackendUnavailable`` whose message is ours (the log line names the
+  certificate as the reason, the message does not); a CA
+  file that is missing or holds no certificate is ``Misconfigured``, naming the file; a running
+  app whose proxy starts presenting an untrusted certificate answers 503
+  ``search_unavailable``, no stack trace;
 - (c) wrong or missing credentials: ``BackendUnavailable`` after one request (a 401 is not
   retried); a running app whose credentials stop being accepted answers 503
   ``search_unavailable`` with none of the proxy's text, keeps queueing writes (202), searches
@@ -48,6 +51,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from asgi_lifespan import LifespanManager
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -55,6 +59,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tenantsearch.app import create_app
+from tenantsearch.errors import Misconfigured
 from tenantsearch.search.opensearch_backend import OpenSearchBackend
 from tenantsearch.search.port import BackendUnavailable, CollectionRef
 from tenantsearch.search.query import SearchQuery, WriteOp
@@ -551,11 +556,15 @@ async def test_an_untrusted_certificate_is_backend_unavailable(
     ca_file = None if trust == "system CAs only" else pki[1].cert_path
     backend = backend_for(proxy, prefix, ca_file=ca_file, verify_certs=True)
     try:
-        with pytest.raises(BackendUnavailable) as caught:
+        with structlog.testing.capture_logs() as logs, pytest.raises(BackendUnavailable) as caught:
             await backend.start()
         assert caught.value.status == 503
         assert caught.value.code == "search_unavailable"
         assert caught.value.detail.startswith("the search engine cannot be reached")
+        # The operator's log tells it apart from an engine that is down.
+        unavailable = [e for e in logs if e["event"] == "opensearch_unavailable"]
+        assert unavailable
+        assert {e["reason"] for e in unavailable} == {"tls_certificate_not_trusted"}
         for text in PROXY_TEXT:
             assert text.lower() not in caught.value.detail.lower()
         # ... and it failed for the right reason: the handshake, never an HTTP exchange.
@@ -567,6 +576,29 @@ async def test_an_untrusted_certificate_is_backend_unavailable(
     finally:
         await backend.close()
     assert proxy.access_log().strip() == ""  # no request ever got past the handshake
+
+
+@pytest.mark.parametrize("problem", ["missing", "not a certificate"])
+async def test_an_unusable_ca_file_is_misconfigured_and_named(
+    tmp_path: Path, proxy: TlsProxy, prefix: str, problem: str
+) -> None:
+    """Not an outage to wait out: ``start`` raises Misconfigured naming the file (start-up then
+    stops with it, see ``startup.start_when_available``); nothing reached the endpoint."""
+    ca_file = tmp_path / "ca.pem"
+    if problem == "not a certificate":
+        ca_file.write_text(
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+        )
+    backend = backend_for(proxy, prefix, ca_file=ca_file)
+    try:
+        with pytest.raises(Misconfigured) as caught:
+            await backend.start()
+    finally:
+        await backend.close()
+    assert str(ca_file) in caught.value.detail
+    expected = "cannot be read" if problem == "missing" else "holds no usable certificate"
+    assert expected in caught.value.detail
+    assert proxy.access_log().strip() == ""
 
 
 async def test_verification_off_connects_to_an_untrusted_certificate(

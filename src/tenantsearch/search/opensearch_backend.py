@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import aiohttp
 import orjson
 import structlog
 from opensearchpy import AsyncHttpConnection, AsyncOpenSearch
@@ -42,7 +43,13 @@ from opensearchpy.exceptions import (
 )
 from opensearchpy.serializer import JSONSerializer
 
-from tenantsearch.errors import BackendError, FieldError, InvalidInput, TenantSearchError
+from tenantsearch.errors import (
+    BackendError,
+    FieldError,
+    InvalidInput,
+    Misconfigured,
+    TenantSearchError,
+)
 from tenantsearch.search.opensearch_mapping import (
     MAPPING_VERSION,
     REGISTRY_STATE_ACTIVE,
@@ -129,6 +136,18 @@ class _OrjsonSerializer(JSONSerializer):
 
     def loads(self, s: str) -> Any:
         return orjson.loads(s)
+
+
+def _connection_failure(exc: EngineConnectionError) -> str:
+    """Why a connection failed, for the operator's log (clients are only told the engine cannot
+    be reached): a certificate the service does not trust, or another TLS failure, is told apart
+    from an engine that is down, since waiting does not mend it."""
+    cause = exc.info if isinstance(exc.info, BaseException) else exc.__cause__
+    if isinstance(cause, aiohttp.ClientConnectorCertificateError):
+        return "tls_certificate_not_trusted"
+    if isinstance(cause, aiohttp.ClientSSLError):
+        return "tls_handshake_failed"
+    return "connection_failed"
 
 
 def _error_type(exc: TransportError) -> str:
@@ -300,6 +319,14 @@ class OpenSearchBackend:
             http_compress=False,
         )
 
+    def _configuration_problem(self, exc: Exception) -> str:
+        """What is wrong with the client's settings, for the log of a start that cannot work."""
+        if self._ca_file is not None and isinstance(exc, OSError):
+            if isinstance(exc, ssl.SSLError):
+                return f"the OpenSearch CA file {self._ca_file} holds no usable certificate"
+            return f"the OpenSearch CA file {self._ca_file} cannot be read ({exc.strerror})"
+        return f"the search engine client cannot be configured: {exc}"
+
     @property
     def _os(self) -> AsyncOpenSearch:
         if self._client is None:
@@ -316,7 +343,7 @@ class OpenSearchBackend:
             try:
                 self._client = self._build_client()
             except (OpenSearchException, ValueError, OSError) as exc:
-                raise BackendUnavailable("the search engine client cannot be configured") from exc
+                raise Misconfigured(self._configuration_problem(exc)) from exc
         try:
             await self._create_layout()
         except BaseException:
@@ -418,13 +445,15 @@ class OpenSearchBackend:
                 return await call()
             except ConnectionTimeout as exc:
                 failure: Exception = exc
-                transient, reason = False, "timed out"
+                transient, reason, cause = False, "timed out", "timeout"
             except EngineConnectionError as exc:
                 failure, transient, reason = exc, True, "cannot be reached"
+                cause = _connection_failure(exc)
             except TransportError as exc:
                 if exc.status_code not in RETRY_STATUSES:
                     raise self._translate(exc, action) from exc
                 failure, transient, reason = exc, True, "is overloaded"
+                cause = f"http_{exc.status_code}"
             except OpenSearchException as exc:
                 raise BackendError(f"the search engine failed to {action}") from exc
             if not transient or attempt >= self._retry.attempts:
@@ -433,6 +462,7 @@ class OpenSearchBackend:
                     action=action,
                     attempts=attempt,
                     error=type(failure).__name__,
+                    reason=cause,
                 )
                 raise BackendUnavailable(
                     f"the search engine {reason} (trying to {action})"
