@@ -163,6 +163,29 @@ async def test_finishing_tasks_together_keeps_each_outcome_and_a_first_recording
     await store.finish_tasks([])
 
 
+async def test_started_tasks_are_processing_until_they_finish(store: MetadataStore) -> None:
+    for task_id in ("a", "b", "done"):
+        await store.create_task(_task(task_id, received=1))
+    await store.finish_tasks([TaskOutcome("done", indexed=1)])
+    await store.start_tasks(["b", "a", "done", "gone", "a"])
+    a, done = await store.get_task("a"), await store.get_task("done")
+    assert a is not None
+    assert done is not None
+    assert (a.status, a.finished_at) == (TaskStatus.PROCESSING, None)
+    assert a.started_at is not None
+    assert done.status is TaskStatus.SUCCEEDED  # finished already: left as it was
+    # Taken again (a redelivery): still processing, first start kept.
+    await store.start_tasks(["a"])
+    again = await store.get_task("a")
+    assert again is not None
+    assert (again.status, again.started_at) == (TaskStatus.PROCESSING, a.started_at)
+    await store.finish_tasks([TaskOutcome("a", indexed=1)])
+    finished = await store.get_task("a")
+    assert finished is not None
+    assert (finished.status, finished.started_at) == (TaskStatus.SUCCEEDED, a.started_at)
+    await store.start_tasks([])
+
+
 async def test_idempotency_lookup_is_per_tenant(store: MetadataStore) -> None:
     await store.create_task(_task("a", tenant="t1", idempotency_key="k"))
     assert (await store.find_task_by_idempotency_key("t1", "k")).id == "a"  # type: ignore[union-attr]

@@ -477,7 +477,7 @@ async def test_r2_a_kill_between_bulk_and_ack_redelivers_without_duplicates_or_r
         v1_task = r.json()["id"]
 
         # The failpoint: the bulk went through, then the process died before anything was
-        # settled (no task progress, no ack).
+        # settled (no task outcome, no ack: the task says processing).
         await eventually(
             lambda: asyncio.sleep(0, not doomed.running()), timeout=30, what="failpoint kill"
         )
@@ -488,7 +488,7 @@ async def test_r2_a_kill_between_bulk_and_ack_redelivers_without_duplicates_or_r
         v1_version = await engine.version(client.tenant, uid, "d00000")
         assert v1_version is not None
         r = await http.get(f"/v1/tasks/{v1_task}", headers=client.auth)
-        assert r.json()["status"] == "queued"
+        assert r.json()["status"] == "processing"  # taken, not finished
 
         # A newer version of one document is queued behind the unacked batch.
         v2 = {**document(0, tag="v2"), "title": "the second version"}

@@ -165,7 +165,7 @@ async def test_an_engine_outage_spends_no_delivery_attempts(world: World) -> Non
     async with running(world.indexer(max_deliveries=3)):
         # Far more tries than the delivery limit (3 here, 4 for the queue) would allow.
         await until(lambda: len(world.engine.applies) >= 12)
-        assert (await world.task(task_id))["status"] == "queued"
+        assert (await world.task(task_id))["status"] == "processing"  # held by the indexer
         world.engine.down = False
         task = await world.finished(task_id)
     assert (task["status"], task["indexed"], task["failed"]) == ("succeeded", 1, 0)
@@ -217,7 +217,7 @@ async def test_refusals_during_an_outage_do_not_spend_the_budget(world: World) -
     blocked = await world.write("blocked", "b")
     async with running(world.indexer(retry_budget_seconds=0.5)):
         await asyncio.sleep(1.0)  # twice the budget, all of it down
-        assert (await world.task(blocked))["status"] == "queued"
+        assert (await world.task(blocked))["status"] == "processing"
         world.engine.down = False
         world.engine.refuse.clear()
         task = await world.finished(blocked)

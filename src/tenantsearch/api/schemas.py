@@ -159,14 +159,19 @@ class TaskOut(BaseModel):
     id: str
     task_id: str = Field(description="The same as id.")
     kind: str
-    status: Literal["queued", "processing", "succeeded", "failed"]
+    status: Literal["queued", "processing", "succeeded", "failed"] = Field(
+        description="queued: accepted, waiting for an indexer; processing: an indexer took it "
+        "(again after a crash or an outage, until it finishes); succeeded: its documents are "
+        "searchable (those refused for good are counted in failed, with errors); failed: "
+        "every document was refused, or the write was given up on (see errors)."
+    )
     collection: str | None
     received: int
     indexed: int
     failed: int
     errors: list[dict[str, Any]]
-    created_at: datetime | None
-    started_at: datetime | None
+    created_at: datetime | None = Field(description="When the write was accepted.")
+    started_at: datetime | None = Field(description="When an indexer first took it.")
     finished_at: datetime | None
 
     @classmethod

@@ -290,6 +290,7 @@ class Indexer:
     async def _process_batch(
         self, decoded: Sequence[tuple[Delivery, Message]], batch: _Batch
     ) -> None:
+        await self._mark_started(decoded)
         try:
             await self._process_isolating(decoded, batch)
         except _Stopped:
@@ -301,6 +302,17 @@ class Indexer:
             batch.settled(held)
             await self._release(held)
             raise
+
+    async def _mark_started(self, decoded: Sequence[tuple[Delivery, Message]]) -> None:
+        """Their tasks say ``processing`` from now on. Only a status shown to clients: while the
+        database is unavailable it is skipped (the lane waits for the database when it finishes
+        the tasks anyway)."""
+        if not decoded:
+            return
+        try:
+            await self._store.start_tasks([message.task_id for _, message in decoded])
+        except OUTAGES as exc:
+            log.info("task_start_not_recorded", error=repr(exc))
 
     async def _process_isolating(
         self, decoded: Sequence[tuple[Delivery, Message]], batch: _Batch

@@ -432,6 +432,27 @@ class MetadataStore:
         async with self._tx() as s:
             return [_task(r) for r in (await s.scalars(query)).all()]
 
+    async def start_tasks(self, task_ids: Sequence[str]) -> None:
+        """Mark queued tasks ``processing`` (an indexer took their messages) with their
+        ``started_at``, in one transaction. Tasks in any other state, unknown ids, and rows
+        another transaction holds locked (an indexer finishing them) are left as they are: this
+        never waits for a lock."""
+        ids = sorted(set(task_ids))
+        if not ids:
+            return
+        now = _now()
+        query = (
+            select(TaskRow)
+            .where(TaskRow.id.in_(ids), TaskRow.status == TaskStatus.QUEUED.value)
+            .order_by(TaskRow.id)
+            .with_for_update(skip_locked=True)
+        )
+        async with self._tx() as s:
+            for row in await s.scalars(query):
+                row.status = TaskStatus.PROCESSING.value
+                if row.started_at is None:
+                    row.started_at = now
+
     async def finish_tasks(self, outcomes: Sequence[TaskOutcome]) -> None:
         """Finish tasks with their outcomes, in one transaction (the indexer settles a batch's
         messages at once). Rows are locked in id order, so two indexers finishing overlapping sets
