@@ -2,9 +2,11 @@
 processes (``tests/support/stack.py``) on real RabbitMQ, PostgreSQL and OpenSearch.
 
 - O1: the engine cannot be reached for longer than the indexer's old retry budget (5 quick
-  deliveries, ~8 s) while clients write: every write answered 202 is searchable exactly once at
-  the end, every task succeeded, and nothing was dead-lettered. The engine is cut off behind a TCP
-  proxy (connections refused and dropped), so the shared node is never stopped.
+  deliveries, ~8 s) and than the broker's consumer timeout (3 s here: the broker closes the
+  channel of the lanes holding messages and requeues them) while clients write: every write
+  answered 202 is searchable exactly once at the end, every task succeeded, and nothing was
+  dead-lettered. The engine is cut off behind a TCP proxy (connections refused and dropped), so
+  the shared node is never stopped.
 - O3: the metadata database (PostgreSQL) is stopped for a few seconds and started again while
   clients write: writes meanwhile answer 503 (sent again by the client), never 500; every write
   answered 202 is searchable exactly once, every task succeeded, nothing was dead-lettered.
@@ -52,7 +54,7 @@ from tests.reliability.test_ingestion import (
     new_tenant,
 )
 from tests.support.opensearch_node import OpenSearchNode, start_node
-from tests.support.services import Postgres, RabbitMq, postgres
+from tests.support.services import Postgres, RabbitMq, postgres, rabbitmq
 from tests.support.stack import Stack, StackConfig, TenantsearchProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
@@ -195,16 +197,42 @@ def engine_proxy(opensearch_url: str) -> Iterator[TcpProxy]:
 
 # -- O1 ------------------------------------------------------------------------------------------
 
+CONSUMER_TIMEOUT_MS = 3000
+"""The consumer_timeout of O1's broker (30 minutes by default): a lane holding its messages through
+an engine outage longer than this has its channel closed and its deliveries requeued."""
+
+
+@pytest.fixture
+def impatient_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMq]:
+    """A broker of the test's own whose consumer timeout is seconds, not minutes."""
+    with rabbitmq(
+        tmp_path_factory.mktemp("broker"),
+        config=[f"consumer_timeout = {CONSUMER_TIMEOUT_MS}"],
+        # Channels check the timeout on their tick, every minute by default.
+        advanced="[{rabbit, [{channel_tick_interval, 1000}]}]",
+    ) as broker:
+        yield broker
+
+
+def consumer_timeouts(broker: RabbitMq) -> int:
+    """How many times the broker closed a consumer's channel for holding deliveries too long."""
+    log = broker.log_path.read_text(errors="replace")
+    return log.count("timed out waiting for delivery acknowledgement")
+
+
 O1_CUT_SECONDS = 15.0  # the old indexer dead-lettered a write after ~8 s of an unreachable engine
 
 
 async def test_o1_an_engine_outage_loses_and_dead_letters_nothing(
     make_stack: StackFactory,
     engine_proxy: TcpProxy,
+    impatient_broker: RabbitMq,
     opensearch_url: str,
     database_url: str,
 ) -> None:
-    stack = make_stack(env={"TENANTSEARCH_OPENSEARCH_URL": engine_proxy.url})
+    stack = make_stack(
+        broker_url=impatient_broker.url, env={"TENANTSEARCH_OPENSEARCH_URL": engine_proxy.url}
+    )
     await asyncio.to_thread(stack.start, indexers=2)
     engine = Engine(opensearch_url, stack.config.index_prefix)  # straight to the node
     async with connect(stack) as http:
@@ -246,6 +274,9 @@ async def test_o1_an_engine_outage_loses_and_dead_letters_nothing(
         assert accepted_during_cut > 0
 
         await each_landed_once(http, client, engine, uid, accepted, timeout=45, every=1)
+        # The lanes held their messages past the broker's consumer timeout: it took them back
+        # (and delivered them again), and still nothing was lost, doubled or dead-lettered.
+        assert consumer_timeouts(impatient_broker) > 0
         assert await ledger_rows(database_url, stack.config.queue) == 0
         waited = [e for p in stack.indexers for e in events(p, "indexer_waiting_for_dependency")]
         assert {e["dependency"] for e in waited} >= {"search_unavailable"}

@@ -222,7 +222,9 @@ class RabbitMq(Service):
 
     name = "rabbitmq"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, *, config: Sequence[str] = (), advanced: str = "[]"
+    ) -> None:
         super().__init__(directory)
         self.port = free_port()
         self.dist_port = free_port()
@@ -234,12 +236,13 @@ class RabbitMq(Service):
         (directory / "mnesia").mkdir()
         (directory / "log").mkdir()
         (directory / "enabled_plugins").write_text("[].\n")
+        (directory / "advanced.config").write_text(f"{advanced}.\n")
         (directory / "rabbitmq.conf").write_text(
             "loopback_users = none\n"
             # Tests publish 1 MB bodies in bursts; keep the node from blocking publishers on a
             # small machine (the defaults are sized for a dedicated server).
             "vm_memory_high_watermark.relative = 0.6\n"
-            "disk_free_limit.absolute = 50MB\n"
+            "disk_free_limit.absolute = 50MB\n" + "".join(f"{line}\n" for line in config)
         )
         rabbit = pwd.getpwnam("rabbitmq")
         for path in (directory, *directory.rglob("*")):
@@ -260,6 +263,7 @@ class RabbitMq(Service):
             RABBITMQ_FEATURE_FLAGS_FILE=str(d / "mnesia" / "feature_flags"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"),
             RABBITMQ_CONFIG_FILE=str(d / "rabbitmq"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(d / "advanced.config"),
             RABBITMQ_LOGS="-",  # to stdout, which goes to server.log
         )
         return env
@@ -334,9 +338,14 @@ def _amqp_ready(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def rabbitmq(tmp_dir: Path) -> Iterator[RabbitMq]:
-    """A private RabbitMQ broker; ``.url`` is its AMQP URL (user guest)."""
-    with _running(RabbitMq, _service_dir(tmp_dir, "rabbitmq", "rabbitmq")) as broker:
+def rabbitmq(
+    tmp_dir: Path, *, config: Sequence[str] = (), advanced: str = "[]"
+) -> Iterator[RabbitMq]:
+    """A private RabbitMQ broker; ``.url`` is its AMQP URL (user guest). ``config``: more
+    ``rabbitmq.conf`` lines; ``advanced``: the Erlang term of ``advanced.config``."""
+    directory = _service_dir(tmp_dir, "rabbitmq", "rabbitmq")
+    maker = functools.partial(RabbitMq, config=config, advanced=advanced)
+    with _running(maker, directory) as broker:
         yield broker
 
 
