@@ -224,9 +224,9 @@ O1_CUT_SECONDS = 15.0  # the old indexer dead-lettered a write after ~8 s of an 
 
 
 async def test_o1_an_engine_outage_loses_and_dead_letters_nothing(
+    impatient_broker: RabbitMq,  # first: set up before the stack, so stopped after it
     make_stack: StackFactory,
     engine_proxy: TcpProxy,
-    impatient_broker: RabbitMq,
     opensearch_url: str,
     database_url: str,
 ) -> None:
