@@ -186,6 +186,34 @@ async def test_started_tasks_are_processing_until_they_finish(store: MetadataSto
     await store.start_tasks([])
 
 
+async def test_the_tombstone_horizon_follows_version_checkpoints(store: MetadataStore) -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    hour = timedelta(hours=1)
+    assert await store.tombstone_horizon(t0 + 100 * hour) == 0  # no checkpoint yet
+    await store.create_task(_task("a"), reserve_versions=10)  # versions 1-10
+    await store.checkpoint_versions(t0, keep_after=t0 - hour)
+    await store.create_task(_task("b"), reserve_versions=5)  # 11-15
+    await store.checkpoint_versions(t0 + hour, keep_after=t0 - hour)
+    assert await store.tombstone_horizon(t0 - hour) == 0
+    assert await store.tombstone_horizon(t0) == 10
+    assert await store.tombstone_horizon(t0 + timedelta(minutes=30)) == 10
+    assert await store.tombstone_horizon(t0 + 5 * hour) == 15
+    # Checkpoints no later horizon needs are forgotten: those older than the newest one taken
+    # at or before keep_after.
+    await store.checkpoint_versions(t0 + 2 * hour, keep_after=t0 + hour)
+    assert await store.tombstone_horizon(t0) == 0
+    assert await store.tombstone_horizon(t0 + hour) == 15
+    assert await store.tombstone_horizon(t0 + 2 * hour) == 15
+
+
+async def test_all_collections_lists_every_tenants(store: MetadataStore) -> None:
+    await store.create_tenant("t1", "One")
+    await store.create_tenant("t2", "Two")
+    await store.create_collection("t1", "c", "u1", CollectionSchema({}))
+    await store.create_collection("t2", "c", "u2", CollectionSchema({}))
+    assert {c.uid for c in await store.all_collections()} >= {"u1", "u2"}
+
+
 async def test_idempotency_lookup_is_per_tenant(store: MetadataStore) -> None:
     await store.create_task(_task("a", tenant="t1", idempotency_key="k"))
     assert (await store.find_task_by_idempotency_key("t1", "k")).id == "a"  # type: ignore[union-attr]

@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,6 +28,7 @@ from asgi_lifespan import LifespanManager
 from tenantsearch.api.deps import Services
 from tenantsearch.app import create_app, indexer_config
 from tenantsearch.ingest.indexer import Indexer, IndexerConfig, capped_backoff
+from tenantsearch.search.collections import ref_of
 from tenantsearch.search.port import BackendUnavailable, CollectionRef, SearchBackend
 from tenantsearch.search.query import WriteOp, WriteResult
 from tenantsearch.settings import load_settings
@@ -85,6 +87,7 @@ class World:
         self.base = base
         self.engine = FaultyEngine(services.backend)
         self.auth: dict[str, str] = {}
+        self.tenant = ""
 
     def indexer(self, **config: Any) -> Indexer:
         return Indexer(
@@ -127,7 +130,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             world = World(app.state.services, http, indexer_config(settings))
-            _, world.auth = await Api(http).tenant()
+            world.tenant, world.auth = await Api(http).tenant()
             for name in ("open", "blocked"):
                 await Api(http).collection(world.auth, name, {"title": {"type": "text"}})
             yield world
@@ -248,3 +251,38 @@ async def test_lanes_apply_batches_at_the_same_time(world: World, lanes: int) ->
         for task_id in tasks:
             assert (await world.finished(task_id))["status"] == "succeeded"
     assert world.engine.most_at_once == lanes
+
+
+async def test_a_put_older_than_the_tombstone_horizon_is_refused_not_resurrected(
+    world: World,
+) -> None:
+    """A delete's tombstone is purged once the horizon passes it; a put accepted before it that
+    arrives only then (a redelivery, a replayed dead letter) would bring the document back, so it
+    is refused (permanent, on its task) instead. Retention 0 here: the horizon is where the last
+    checkpoint put it."""
+    queue = world.services.queue
+    late_put = await world.write("open", "gone")  # version 1, held back below
+    [held] = await queue.receive(10, 1.0)
+    r = await world.http.delete("/v1/collections/open/documents/gone", headers=world.auth)
+    assert r.status_code == 202, r.text
+    indexer = world.indexer(task_retention=timedelta(0))
+    assert await indexer.run_once(wait_seconds=1.0) == 1  # the delete: a tombstone
+    now = datetime.now(UTC)
+    await indexer.prune(now - timedelta(hours=1))  # a checkpoint after every version so far
+    await indexer.prune(now)  # purges the tombstones below it
+    collection = await world.services.store.get_collection(world.tenant, "open")
+    assert collection is not None
+    assert await world.services.backend.purge_tombstones([ref_of(collection)], 10**9) == 0
+
+    await queue.retry(held, 0)
+    assert await indexer.run_once(wait_seconds=1.0) == 1
+    task = await world.finished(late_put)
+    assert (task["status"], task["indexed"], task["failed"]) == ("failed", 0, 1)
+    assert "older than the tombstone horizon" in task["errors"][0]["message"]
+    r = await world.http.get("/v1/collections/open/documents/gone", headers=world.auth)
+    assert r.status_code == 404  # still deleted
+
+    # A write accepted now is above the horizon and lands.
+    fresh = await world.write("open", "gone")
+    assert await indexer.run_once(wait_seconds=1.0) == 1
+    assert (await world.finished(fresh))["status"] == "succeeded"

@@ -104,11 +104,12 @@ def test_engine_document_types_values_and_keeps_the_source() -> None:
         "date_0": date_millis(datetime(2024, 3, 1, 8, 0, 0, 123456, tzinfo=UTC)),
         "bool_0": False,
     }
-    assert tombstone("acme", "uid1", "d1") == {
+    assert tombstone("acme", "uid1", "d1", 7) == {
         "_tenant": "acme",
         "_collection": "uid1",
         "_doc_id": "d1",
         "_deleted": True,
+        "_tomb_version": 7,
     }
 
 

@@ -87,6 +87,13 @@ class IndexerConfig:
 
 FAILPOINTS = frozenset({"after_apply_before_ack"})
 
+HORIZON_REFRESH_SECONDS = 60.0
+"""How long an indexer keeps the tombstone horizon it read before reading it again."""
+PURGE_MARGIN = timedelta(minutes=10)
+"""Tombstones are purged through the horizon of ``PURGE_MARGIN`` earlier than the one puts are
+refused below: every indexer refuses puts below the purged tombstones' versions by then, even
+with a horizon read ``HORIZON_REFRESH_SECONDS`` ago and a bulk in flight."""
+
 OUTAGES: tuple[type[Exception], ...] = (ServiceUnavailable, OSError)
 """What an unavailable dependency raises: our adapters' ServiceUnavailable, and a connection
 error a driver lets through untranslated (asyncpg's refused connection is a plain OSError).
@@ -191,6 +198,8 @@ class Indexer:
         self._deferred: list[Delivery] | None = None
         self._last_prune = datetime.min.replace(tzinfo=UTC)
         self._documents_per_message = 1.0  # in the last batch: sizes the next receive
+        self._horizon = 0  # puts at or below this version are refused (see _refusal_horizon)
+        self._horizon_read_at = -math.inf
 
     def stop(self) -> None:
         """Stop taking new messages; batches in hand are finished first (or, while a dependency
@@ -502,6 +511,12 @@ class Indexer:
             await self._ack([w.delivery for w in group.pending], batch)
             group.pending = []
             return
+        horizon = await self._refusal_horizon()
+        for work in group.pending:
+            for i in work.todo():
+                op = work.message.ops[i]
+                if op.document is not None and op.version <= horizon:
+                    work.results[i] = WriteResult(op.id, "permanent", self._too_old)
         sending = [(work, i) for work in group.pending for i in work.todo()]
         if sending:
             results = await self._backend.apply(
@@ -579,12 +594,52 @@ class Indexer:
         await self._store.finish_tasks([TaskOutcome(message.task_id)])
         await self._ack([delivery], batch)
 
+    @property
+    def _too_old(self) -> str:
+        days = self._config.task_retention / timedelta(days=1)
+        return (
+            f"accepted more than {days:g} days ago (older than the tombstone horizon): the "
+            "document may have been deleted since; send it again if it is still wanted"
+        )
+
+    async def _refusal_horizon(self) -> int:
+        """The version at or below which puts are refused: that of the writes accepted more than
+        the retention ago (``MetadataStore.tombstone_horizon``). Their document may have been
+        deleted since, and that delete's tombstone purged, so nothing would make them stale.
+        Read again every ``HORIZON_REFRESH_SECONDS``."""
+        now = time.monotonic()
+        if now - self._horizon_read_at >= HORIZON_REFRESH_SECONDS:
+            at = datetime.now(UTC) - self._config.task_retention
+            self._horizon = await self._store.tombstone_horizon(at)
+            self._horizon_read_at = now
+        return self._horizon
+
     async def _maybe_prune(self) -> None:
         now = datetime.now(UTC)
         if now - self._last_prune < timedelta(hours=1):
             return
         self._last_prune = now
+        await self.prune(now)
+
+    async def prune(self, now: datetime) -> None:
+        """Hourly upkeep: tasks past their retention, expired tenant tokens, and delete
+        tombstones older than the purge horizon (with a checkpoint of the version counter that
+        later horizons are made of; docs/architecture.md)."""
         pruned = await self._store.prune_tasks(now - self._config.task_retention)
         expired = await self._store.prune_tenant_tokens(now - timedelta(days=1))
-        if pruned or expired:
-            log.info("pruned", tasks=pruned, tenant_tokens=expired)
+        purge_at = now - self._config.task_retention - PURGE_MARGIN
+        await self._store.checkpoint_versions(now, keep_after=purge_at)
+        through = await self._store.tombstone_horizon(purge_at)
+        self._horizon_read_at = -math.inf  # the refusal horizon moved too: read it again
+        tombstones = 0
+        if through > 0:
+            refs = [ref_of(c) for c in await self._store.all_collections()]
+            tombstones = await self._backend.purge_tombstones(refs, through)
+        if pruned or expired or tombstones:
+            log.info(
+                "pruned",
+                tasks=pruned,
+                tenant_tokens=expired,
+                tombstones=tombstones,
+                tombstone_horizon=through,
+            )

@@ -51,11 +51,14 @@ from tenantsearch.errors import (
     TenantSearchError,
 )
 from tenantsearch.search.opensearch_mapping import (
+    ADDED_FIELDS,
+    COLLECTION_FIELD,
+    DELETED_FIELD,
     MAPPING_VERSION,
     REGISTRY_STATE_ACTIVE,
     REGISTRY_STATE_DROPPED,
     SIZE_FIELD,
-    SIZE_MAPPING,
+    TOMBSTONE_VERSION_FIELD,
     Rejected,
     check_name_part,
     check_prefix,
@@ -86,6 +89,8 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 RefreshMode = Literal["true", "wait_for"]
 
+PURGE_CHUNK = 1000
+"""Collections per tombstone purge request (a terms filter on their uids)."""
 BULK_MAX_BYTES = 16 * 1024 * 1024
 """Largest ``_bulk`` payload (OpenSearch refuses requests over ``http.max_content_length``,
 100 MB by default, and bulks of 5-15 MB index best)."""
@@ -379,16 +384,18 @@ class OpenSearchBackend:
             registry_index_body(replicas=self._replicas, aliases={self._registry_alias: {}}),
         )
         for placement in [self._shared, *self._dedicated.values()]:
-            await self._ensure_size_field(placement)
+            await self._ensure_added_fields(placement)
 
-    async def _ensure_size_field(self, placement: Placement) -> None:
-        """Add ``_size`` to indices created before it existed (the mapping is strict, so their
-        writes would be refused). Putting the same field again changes nothing, so this runs at
-        every start, on every index behind the placement's alias."""
+    async def _ensure_added_fields(self, placement: Placement) -> None:
+        """Add ``_size`` and ``_tomb_version`` to indices created before they existed (the
+        mapping is strict, so their writes would be refused). Putting the same fields again
+        changes nothing, so this runs at every start, on every index behind the placement's
+        alias."""
+        properties = {name: dict(mapping) for name, mapping in ADDED_FIELDS.items()}
         await self._request(
             "update the mapping",
             lambda: self._os.indices.put_mapping(
-                index=placement.read_alias, body={"properties": {SIZE_FIELD: dict(SIZE_MAPPING)}}
+                index=placement.read_alias, body={"properties": properties}
             ),
         )
 
@@ -540,13 +547,17 @@ class OpenSearchBackend:
         for placement in self._placements_of(tenant):
             await self._delete_in(placement, tenant, query)
 
-    async def _delete_in(self, placement: Placement, tenant: str, query: dict[str, Any]) -> None:
+    async def _delete_in(
+        self, placement: Placement, tenant: str | None, query: dict[str, Any]
+    ) -> int:
+        """Delete what ``query`` matches behind the placement (routed to ``tenant``'s shard, or
+        on every shard for None); how many were deleted."""
         params: dict[str, Any] = {
             "conflicts": "proceed",
             "refresh": "true",
             "wait_for_completion": "true",
             "request_timeout": self._drop_timeout,
-            **self._routing_params(placement, tenant),
+            **(self._routing_params(placement, tenant) if tenant is not None else {}),
         }
         response = await self._request(
             "drop data",
@@ -561,6 +572,8 @@ class OpenSearchBackend:
                 timed_out=bool(response.get("timed_out")),
             )
             raise BackendUnavailable("the search engine could not drop all data; retry")
+        deleted = response.get("deleted")
+        return deleted if isinstance(deleted, int) else 0
 
     async def drop_collection(self, ref: CollectionRef) -> None:
         await self._mark_dropped([ref.uid])
@@ -654,7 +667,7 @@ class OpenSearchBackend:
                 document = ops[i].document
                 try:
                     bodies[i] = (
-                        tombstone(ref.tenant, ref.uid, doc_id)
+                        tombstone(ref.tenant, ref.uid, doc_id, ops[i].version)
                         if document is None
                         else engine_document(
                             ref.tenant, ref.uid, doc_id, document, ref.schema, slots
@@ -744,6 +757,28 @@ class OpenSearchBackend:
                 body=payload, index=placement.write_alias, require_alias="true", refresh="true"
             ),
         )
+
+    async def purge_tombstones(self, refs: Sequence[CollectionRef], through_version: int) -> int:
+        """One ``_delete_by_query`` per placement and 1,000 collections: tombstones of those
+        collections whose ``_tomb_version`` is at or below ``through_version``."""
+        by_placement: dict[str, tuple[Placement, list[str]]] = {}
+        for ref in refs:
+            placement = self.placement(ref.tenant)
+            by_placement.setdefault(placement.read_alias, (placement, []))[1].append(ref.uid)
+        purged = 0
+        for placement, uids in by_placement.values():
+            for start in range(0, len(uids), PURGE_CHUNK):
+                query = {
+                    "bool": {
+                        "filter": [
+                            {"terms": {COLLECTION_FIELD: uids[start : start + PURGE_CHUNK]}},
+                            {"term": {DELETED_FIELD: True}},
+                            {"range": {TOMBSTONE_VERSION_FIELD: {"lte": through_version}}},
+                        ]
+                    }
+                }
+                purged += await self._delete_in(placement, None, query)
+        return purged
 
     # -- reads ----------------------------------------------------------------------------------
 

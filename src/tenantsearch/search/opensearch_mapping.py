@@ -22,7 +22,9 @@ Pure data and functions (no I/O), used by :mod:`opensearch_backend`; ``docs/arch
   it. Indices created before it existed get it with a mapping update at start; their older
   documents count 0 bytes.
 - Delete tombstones are documents with ``_deleted: true`` (and the delete's external version);
-  every read excludes them.
+  every read excludes them. ``_tomb_version`` (a long) repeats that version where a query can
+  see it (``_version`` is not searchable), so old tombstones can be purged; tombstones written
+  before it existed have none and are never purged.
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ DELETED_FIELD = "_deleted"
 SIZE_FIELD = "_size"
 SIZE_MAPPING: Mapping[str, Any] = {"type": "long", "index": False}
 """Summed by aggregations (doc values), never searched."""
+TOMBSTONE_VERSION_FIELD = "_tomb_version"
+TOMBSTONE_VERSION_MAPPING: Mapping[str, Any] = {"type": "long"}
+ADDED_FIELDS: Mapping[str, Mapping[str, Any]] = {
+    SIZE_FIELD: SIZE_MAPPING,
+    TOMBSTONE_VERSION_FIELD: TOMBSTONE_VERSION_MAPPING,
+}
+"""Fields added to the template after its version was released: indices created before get them
+with a mapping update at start (the mapping is strict, so their writes would be refused)."""
 SOURCE_OBJECT = "doc"
 SLOTS_OBJECT = "f"
 
@@ -222,9 +232,16 @@ def engine_document(
     }
 
 
-def tombstone(tenant: str, uid: str, doc_id: str) -> dict[str, Any]:
-    """The engine body of a delete: it keeps the delete's version so older puts stay stale."""
-    return {TENANT_FIELD: tenant, COLLECTION_FIELD: uid, DOC_ID_FIELD: doc_id, DELETED_FIELD: True}
+def tombstone(tenant: str, uid: str, doc_id: str, version: int) -> dict[str, Any]:
+    """The engine body of a delete: it keeps the delete's version so older puts stay stale (as
+    its external version) and can be purged by age (as ``_tomb_version``)."""
+    return {
+        TENANT_FIELD: tenant,
+        COLLECTION_FIELD: uid,
+        DOC_ID_FIELD: doc_id,
+        DELETED_FIELD: True,
+        TOMBSTONE_VERSION_FIELD: version,
+    }
 
 
 def engine_id(uid: str, doc_id: str) -> str:
@@ -295,7 +312,7 @@ def docs_mappings() -> dict[str, Any]:
             COLLECTION_FIELD: {"type": "keyword"},
             DOC_ID_FIELD: {"type": "keyword"},
             DELETED_FIELD: {"type": "boolean"},
-            SIZE_FIELD: dict(SIZE_MAPPING),
+            **{name: dict(mapping) for name, mapping in ADDED_FIELDS.items()},
             SOURCE_OBJECT: {"type": "object", "enabled": False},
             # Only fields a dynamic template maps may appear under f.
             SLOTS_OBJECT: {"type": "object", "dynamic": "strict_allow_templates"},

@@ -22,6 +22,13 @@ Contract (tested once for every adapter in ``tests/contract/test_search_backend.
   stored original, default orjson options: compact UTF-8, keys in the order sent). Tombstones
   count 0; an update replaces the old size. A missing collection is ``(0, 0)``. Documents written
   by an adapter version that did not record sizes count 0 bytes (see each adapter).
+- ``purge_tombstones(refs, through_version)`` removes the delete tombstones of those collections
+  whose version is at or below ``through_version`` and returns how many it removed; documents,
+  newer tombstones and other collections are untouched. Nothing then stops a put of a purged id
+  with an older version (OpenSearch still refuses one for ``index.gc_deletes``, 60 s), so the
+  caller must make sure none at or below ``through_version`` can arrive any more (the indexer's
+  tombstone horizon, docs/architecture.md). Tombstones an adapter cannot date (see each
+  adapter) stay.
 - Raises ``BackendUnavailable`` (a ``ServiceUnavailable``) when the engine cannot be reached and
   ``InvalidCursor`` for an ``after`` token it did not produce; never a driver's own error.
 - ``start`` before first use and ``close`` at the end; ``ping`` raises when the engine is unhealthy.
@@ -97,3 +104,7 @@ class SearchBackend(Protocol):
     async def stats(self, ref: CollectionRef) -> CollectionStats: ...
 
     async def search(self, ref: CollectionRef, query: SearchQuery) -> SearchResult: ...
+
+    async def purge_tombstones(
+        self, refs: Sequence[CollectionRef], through_version: int
+    ) -> int: ...

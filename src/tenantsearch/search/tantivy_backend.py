@@ -16,7 +16,8 @@ Each index holds the collection's declared fields plus six hidden ones:
 
 Dates are indexed as integer microseconds since the epoch, not as tantivy dates: tantivy-py's
 date fields keep only whole seconds, so ``gt 12:00:00.1`` would not match ``12:00:00.5``.
-Delete tombstones are kept (they carry the version that makes a late older put stale).
+Delete tombstones are kept (they carry the version that makes a late older put stale) until
+``purge_tombstones`` removes those at or below the indexer's horizon.
 A multi-valued field sorts by its first value as sent (tantivy's choice).
 
 Ordering and paging: a reader is configured with the ``Manual`` reload policy and reloaded only by
@@ -672,6 +673,52 @@ class TantivyBackend:
         for i in chosen:
             results[i] = WriteResult(ops[i].id, "applied")
         return _complete(ops, results)
+
+    async def purge_tombstones(self, refs: Sequence[CollectionRef], through_version: int) -> int:
+        purged = 0
+        for ref in refs:
+            purged += await asyncio.to_thread(self._purge_tombstones, ref, through_version)
+        return purged
+
+    def _purge_tombstones(self, ref: CollectionRef, through_version: int) -> int:
+        with _engine_errors("purge delete tombstones"):
+            coll = self._open(ref, create=False)
+            if coll is None:
+                return 0
+            with coll.write_lock:
+                if coll.dropped:
+                    return 0
+                occur = tantivy.Occur
+                old_tombstones = tantivy.Query.boolean_query(
+                    [
+                        (
+                            occur.Must,
+                            tantivy.Query.term_query(coll.engine_schema, DELETED_FIELD, True),
+                        ),
+                        (
+                            occur.Must,
+                            tantivy.Query.range_query(
+                                coll.engine_schema,
+                                VERSION_FIELD,
+                                tantivy.FieldType.Integer,
+                                None,
+                                through_version,
+                            ),
+                        ),
+                    ]
+                )
+                found = _hit_count(coll.index.searcher().search(old_tombstones, 1, count=True))
+                if not found:
+                    return 0
+                writer = self._writer(coll)
+                try:
+                    writer.delete_documents_by_query(old_tombstones)
+                    writer.commit()
+                except Exception:
+                    self._discard_uncommitted(coll)
+                    raise
+                coll.index.reload()
+                return found
 
     def _discard_uncommitted(self, coll: _Collection) -> None:
         if coll.writer is not None:

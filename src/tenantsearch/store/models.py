@@ -89,6 +89,16 @@ class CounterRow(Base):
     value: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class VersionCheckpointRow(Base):
+    """The document version counter's value at a time: the horizon below which delete
+    tombstones may be purged (``MetadataStore.tombstone_horizon``)."""
+
+    __tablename__ = "version_checkpoints"
+
+    taken_at: Mapped[datetime] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+
+
 class TenantTokenRow(Base):
     __tablename__ = "tenant_tokens"
     __table_args__ = (Index("ix_tenant_tokens_tenant", "tenant_id", "created_at"),)

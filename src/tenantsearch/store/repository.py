@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -28,6 +28,7 @@ from tenantsearch.store.models import (
     TaskRow,
     TenantRow,
     TenantTokenRow,
+    VersionCheckpointRow,
 )
 from tenantsearch.store.records import (
     ApiKey,
@@ -331,6 +332,12 @@ class MetadataStore:
             row = await s.scalar(select(CollectionRow).where(CollectionRow.uid == uid))
             return _collection(row) if row else None
 
+    async def all_collections(self) -> list[Collection]:
+        """Every tenant's collections (for maintenance across all of them)."""
+        query = select(CollectionRow).order_by(CollectionRow.tenant_id, CollectionRow.name)
+        async with self._tx() as s:
+            return [_collection(r) for r in (await s.scalars(query)).all()]
+
     async def list_collections(self, tenant_id: str) -> list[Collection]:
         query = (
             select(CollectionRow)
@@ -490,6 +497,42 @@ class MetadataStore:
             row.status = TaskStatus.QUEUED.value
             row.failed = max(0, row.failed - documents)
             row.finished_at = None
+
+    # -- delete tombstones ----------------------------------------------------------------------
+
+    async def checkpoint_versions(self, now: datetime, *, keep_after: datetime) -> None:
+        """Record the document version counter's current value at ``now``, and forget the
+        checkpoints no horizon after ``keep_after`` can need (every one older than the newest
+        checkpoint taken at or before ``keep_after``)."""
+        async with self._tx() as s:
+            value = await s.scalar(
+                select(CounterRow.value).where(CounterRow.name == "document_version")
+            )
+            await s.execute(
+                insert(VersionCheckpointRow).values(taken_at=now, version=int(value or 0))
+            )
+            floor = await s.scalar(
+                select(func.max(VersionCheckpointRow.taken_at)).where(
+                    VersionCheckpointRow.taken_at <= keep_after
+                )
+            )
+            if floor is not None:
+                await s.execute(
+                    delete(VersionCheckpointRow).where(VersionCheckpointRow.taken_at < floor)
+                )
+
+    async def tombstone_horizon(self, at: datetime) -> int:
+        """The highest document version handed out by ``at``, as far as the checkpoints tell (the
+        newest one taken at or before ``at``); 0 without one. Every write with a version at or
+        below it was accepted before ``at``."""
+        query = (
+            select(VersionCheckpointRow.version)
+            .where(VersionCheckpointRow.taken_at <= at)
+            .order_by(VersionCheckpointRow.taken_at.desc())
+            .limit(1)
+        )
+        async with self._tx() as s:
+            return int(await s.scalar(query) or 0)
 
     async def prune_tasks(self, finished_before: datetime) -> int:
         query = delete(TaskRow).where(TaskRow.finished_at < finished_before)
