@@ -33,7 +33,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -147,6 +147,36 @@ class TcpProxy:
                 sink.shutdown(socket.SHUT_WR)
 
 
+class Writers:
+    """Clients writing batches of new documents (``sizes``: the batch sizes drawn from) until
+    ``stop`` is set, each waiting 50 ms between its writes. Refused (503) or unanswered writes are
+    sent again until a 202 (``Client.write``, within ``timeout``): a write whose answer was lost
+    may land twice, under the same ids. ``accepted``: document id -> task id of its 202."""
+
+    def __init__(
+        self, client: Client, sizes: Sequence[int], *, seed: int, timeout: float = 120.0
+    ) -> None:
+        self.client = client
+        self.accepted: dict[str, str] = {}
+        self.stop = asyncio.Event()
+        self._sizes = sizes
+        self._timeout = timeout
+        self._counter = iter(range(100_000))
+        self._rng = random.Random(seed)
+
+    async def run(self, clients: int) -> None:
+        await asyncio.gather(*(self._write() for _ in range(clients)))
+
+    async def _write(self) -> None:
+        while not self.stop.is_set():
+            size = self._rng.choice(self._sizes)
+            batch = [document(next(self._counter)) for _ in range(size)]
+            r = await self.client.post("docs", batch, timeout=self._timeout)
+            assert r.status_code == 202, r.text
+            self.accepted.update({d["id"]: r.json()["id"] for d in batch})
+            await asyncio.sleep(0.05)
+
+
 async def each_landed_once(
     http: httpx.AsyncClient,
     client: Client,
@@ -238,40 +268,27 @@ async def test_o1_an_engine_outage_loses_and_dead_letters_nothing(
     async with connect(stack) as http:
         client = await new_tenant(http)
         uid = await engine.uid(client.tenant, "docs")
-        accepted: dict[str, str] = {}  # document id -> task id
-        accepted_during_cut = 0
-        cut = False
-        stop = asyncio.Event()
-        counter = iter(range(100_000))
-        rng = random.Random(5)
-
-        async def writer() -> None:
-            nonlocal accepted_during_cut
-            while not stop.is_set():
-                batch = [document(next(counter)) for _ in range(rng.choice([1, 5, 20]))]
-                r = await client.post("docs", batch)
-                assert r.status_code == 202, r.text
-                accepted.update({d["id"]: r.json()["id"] for d in batch})
-                accepted_during_cut += cut
-                await asyncio.sleep(0.05)
+        writers = Writers(client, [1, 5, 20], seed=5)
+        accepted = writers.accepted
+        during_cut = 0
 
         async def outage() -> None:
-            nonlocal cut
+            nonlocal during_cut
             await eventually(
                 lambda: asyncio.sleep(0, len(accepted) >= 100), timeout=30, what="100 accepted"
             )
             engine_proxy.cut()
-            cut = True
+            before = len(accepted)
             await asyncio.sleep(O1_CUT_SECONDS)
+            during_cut = len(accepted) - before
             assert await engine.count(client.tenant, uid) < len(accepted)  # writes are waiting
             assert all(p.running() for p in stack.indexers)
             engine_proxy.restore()
-            cut = False
             await asyncio.sleep(1.0)
-            stop.set()
+            writers.stop.set()
 
-        await asyncio.gather(outage(), *(writer() for _ in range(3)))
-        assert accepted_during_cut > 0
+        await asyncio.gather(outage(), writers.run(3))
+        assert during_cut > 0
 
         await each_landed_once(http, client, engine, uid, accepted, timeout=45, every=1)
         # The lanes held their messages past the broker's consumer timeout: it took them back
@@ -363,17 +380,8 @@ async def test_o3_a_metadata_database_restart_loses_nothing(
         async with connect(stack) as http:
             client = await new_tenant(http)
             uid = await engine.uid(client.tenant, "docs")
-            accepted: dict[str, str] = {}  # document id -> task id
-            stop = asyncio.Event()
-            counter = iter(range(100_000))
-
-            async def writer() -> None:
-                while not stop.is_set():
-                    batch = [document(next(counter)) for _ in range(5)]
-                    r = await client.post("docs", batch)  # 503s are sent again
-                    assert r.status_code == 202, r.text
-                    accepted.update({d["id"]: r.json()["id"] for d in batch})
-                    await asyncio.sleep(0.05)
+            writers = Writers(client, [5], seed=3)
+            accepted = writers.accepted
 
             async def outage() -> None:
                 await eventually(
@@ -385,9 +393,9 @@ async def test_o3_a_metadata_database_restart_loses_nothing(
                 assert stack.api.running()
                 await asyncio.to_thread(private_postgres.start)
                 await asyncio.sleep(2.0)
-                stop.set()
+                writers.stop.set()
 
-            await asyncio.gather(outage(), *(writer() for _ in range(3)))
+            await asyncio.gather(outage(), writers.run(3))
 
             await each_landed_once(http, client, engine, uid, accepted, timeout=60)
             # While the database was down, writes were refused with 503, never a 500.
@@ -499,21 +507,9 @@ async def test_o5_each_component_sigkilled_in_turn_loses_nothing(
         async with connect(stack) as http:
             client = await new_tenant(http)
             uid = await engine.uid(client.tenant, "docs")
-            accepted: dict[str, str] = {}  # document id -> task id
-            stop = asyncio.Event()
-            counter = iter(range(100_000))
-            rng = random.Random(7)
+            writers = Writers(client, [1, 5, 20], seed=7, timeout=150)
+            accepted = writers.accepted
             kills: list[str] = []
-
-            async def writer() -> None:
-                while not stop.is_set():
-                    batch = [document(next(counter)) for _ in range(rng.choice([1, 5, 20]))]
-                    # Refused (503) or unanswered (a killed API) writes are sent again until a
-                    # 202: a write whose answer was lost may land twice, under the same ids.
-                    r = await client.post("docs", batch, timeout=150)
-                    assert r.status_code == 202, r.text
-                    accepted.update({d["id"]: r.json()["id"] for d in batch})
-                    await asyncio.sleep(0.05)
 
             async def flowing() -> None:
                 """More writes accepted, and more documents indexed, than before."""
@@ -548,9 +544,9 @@ async def test_o5_each_component_sigkilled_in_turn_loses_nothing(
                 await asyncio.to_thread(stack.start_indexer)
                 assert not victim.running()
                 await flowing()
-                stop.set()
+                writers.stop.set()
 
-            await asyncio.gather(crashes(), *(writer() for _ in range(3)))
+            await asyncio.gather(crashes(), writers.run(3))
             # The database went down uncleanly: it replayed its WAL to come back.
             assert "automatic recovery in progress" in durable_postgres.log_path.read_text()
 
