@@ -44,7 +44,15 @@ def wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 
     raise RuntimeError(f"{url}/readyz did not answer 200 within {timeout:.0f}s")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # SIGTERM (a process manager, `kill`) and SIGHUP (the terminal closed) stop the stack as
+    # Ctrl-C does, removing what it started; their default action would leave it all running.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     base = ROOT / ".data" / "stack"
     base.mkdir(parents=True, exist_ok=True)
     port = int(os.environ.get("TENANTSEARCH_HTTP_PORT", "8080"))

@@ -413,29 +413,51 @@ class Postgres(Service):
         )  # fmt: skip
 
     def kill(self) -> None:
-        """SIGKILL the postmaster and every server process (a crash: ``start`` then runs crash
-        recovery from the WAL). pg_ctl starts the postmaster in a session of its own, so its
-        process group is the whole server."""
+        """SIGKILL the postmaster and every server process at once (a crash: ``start`` then runs
+        crash recovery from the WAL). Each server process is a session of its own (PostgreSQL
+        calls setsid in every child), so they are found as the postmaster's children."""
         if not self._started:
             return
         self._started = False
-        pid = int((self.data / "postmaster.pid").read_text().split()[0])
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        doomed = [postmaster, *_children(postmaster)]
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        # Dead at once, but the postmaster was started by pg_ctl, so init reaps them (here,
+        # within ~2 s). Until then the old postmaster's pid still "exists" and a new postmaster
+        # refuses to start on its lock file. A dead server's lock file is stale: remove it if
+        # the zombies outlive the wait.
         deadline = time.monotonic() + 10
-        while _group_alive(pid) and time.monotonic() < deadline:
+        while any(_stat_fields(pid) for pid in doomed) and time.monotonic() < deadline:
             time.sleep(0.05)
+        if any(_alive(pid) for pid in doomed):
+            raise ServiceError(f"PostgreSQL processes survived SIGKILL: {doomed}")
+        (self.data / "postmaster.pid").unlink(missing_ok=True)
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` still runs (zombies waiting to be reaped do not)."""
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            # pid (comm) state ppid pgrp ...; comm may hold spaces, so split after its ")".
-            fields = stat_file.read_text().rsplit(")", 1)[1].split()
-            if fields[0] != "Z" and int(fields[2]) == pgid:
-                return True
-    return False
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name (state, ppid, pgrp, ...); [] if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if len(fields) > 1 and int(fields[1]) == parent:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie waiting to be reaped."""
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] != "Z"
 
 
 @contextlib.contextmanager
