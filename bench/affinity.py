@@ -1,10 +1,11 @@
-"""CPU affinity for benchmarks: the engine on a core of its own, as when it runs apart.
+"""Processes of a benchmark: CPU affinity (the engine on a core of its own) and CPU time.
 
 In a deployment OpenSearch has machines of its own; on a benchmark machine it shares its cores
 with the client and the service's processes. ``--pin-engine`` in the OpenSearch benchmarks puts
 every thread of the engine on the last CPU and everything else on the others, so a comparison of
 the service with the engine alone measures the service's path rather than how many processes share
-the machine's cores. Linux only (``sched_setaffinity`` per thread, read from ``/proc``).
+the machine's cores. Linux only (``sched_setaffinity`` per thread). Processes are found and
+measured with psutil.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Collection, Iterable, Iterator
-from pathlib import Path
+
+import psutil
 
 
 def split_cpus() -> tuple[set[int], set[int]]:
@@ -25,21 +27,23 @@ def split_cpus() -> tuple[set[int], set[int]]:
 
 def pin(pid: int, cpus: set[int]) -> None:
     """Restrict every thread of ``pid`` to ``cpus`` (threads it starts later inherit this)."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for thread in psutil.Process(pid).threads():
         with contextlib.suppress(ProcessLookupError):  # the thread ended meanwhile
-            os.sched_setaffinity(int(task.name), cpus)
+            os.sched_setaffinity(thread.id, cpus)
 
 
 def pids_named(names: Collection[str]) -> Iterable[tuple[int, str]]:
     """(pid, command name) of every process on the machine whose command name is in ``names``."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue  # it exited meanwhile
-        comm = text[text.index("(") + 1 : text.rindex(")")]
-        if comm in names:
-            yield int(stat.parent.name), comm
+    for process in psutil.process_iter(["name"]):
+        name = process.info["name"]
+        if name in names:
+            yield process.pid, name
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 @contextlib.contextmanager
@@ -63,5 +67,5 @@ def engine_pinned(
         yield engine, rest
     finally:
         for pid in pinned:
-            with contextlib.suppress(FileNotFoundError):  # it exited meanwhile
+            with contextlib.suppress(psutil.NoSuchProcess):  # it exited meanwhile
                 pin(pid, everything)

@@ -42,6 +42,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+import psutil
+
 from tests.support.server import free_port
 
 __all__ = [
@@ -149,9 +151,7 @@ def _stop_group(proc: subprocess.Popen[bytes] | None, timeout: float = STOP_TIME
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        _kill_group(proc)
 
 
 class Service:
@@ -419,45 +419,27 @@ class Postgres(Service):
         if not self._started:
             return
         self._started = False
-        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
-        doomed = [postmaster, *_children(postmaster)]
-        for pid in doomed:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        postmaster = psutil.Process(int((self.data / "postmaster.pid").read_text().split()[0]))
+        doomed = [postmaster, *postmaster.children()]
+        for process in doomed:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
         # Dead at once, but the postmaster was started by pg_ctl, so init reaps them (here,
         # within ~2 s). Until then the old postmaster's pid still "exists" and a new postmaster
         # refuses to start on its lock file. A dead server's lock file is stale: remove it if
         # the zombies outlive the wait.
-        deadline = time.monotonic() + 10
-        while any(_stat_fields(pid) for pid in doomed) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if any(_alive(pid) for pid in doomed):
-            raise ServiceError(f"PostgreSQL processes survived SIGKILL: {doomed}")
+        _, left = psutil.wait_procs(doomed, timeout=10)
+        if any(_still_running(process) for process in left):
+            raise ServiceError(f"PostgreSQL processes survived SIGKILL: {left}")
         (self.data / "postmaster.pid").unlink(missing_ok=True)
 
 
-def _stat_fields(pid: int) -> list[str]:
-    """/proc/<pid>/stat after the command name (state, ppid, pgrp, ...); [] if it is gone."""
+def _still_running(process: psutil.Process) -> bool:
+    """Whether ``process`` still runs (a zombie waiting to be reaped does not)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return []
-
-
-def _children(parent: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
-            if len(fields) > 1 and int(fields[1]) == parent:
-                found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie waiting to be reaped."""
-    fields = _stat_fields(pid)
-    return bool(fields) and fields[0] != "Z"
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 @contextlib.contextmanager
