@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 from tests.support.server import ServerProcess
 
+from bench.docs import write_section
 from tenantsearch.search.port import CollectionRef
 from tenantsearch.search.query import In, SearchQuery, WriteOp
 from tenantsearch.search.schema import parse_schema
@@ -230,14 +231,6 @@ def report(n: int, svc: dict[str, float], base: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-    start, end = "<!-- embedded:start -->", "<!-- embedded:end -->"
-    head, _, rest = path.read_text().partition(start)
-    _, _, tail = rest.partition(end)
-    path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark of the embedded default.")
     parser.add_argument("--docs", type=int, default=100_000)
@@ -253,7 +246,9 @@ def main() -> None:
     text = report(args.docs, svc, base)
     print(text)
     if args.write:
-        write_section(text)
+        write_section(
+            "embedded", text, "## Embedded default (`make bench-embedded`, `bench/embedded.py`)"
+        )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import asyncio
 import collections
 import contextlib
 import itertools
-import os
 import random
 import re
 import shutil
@@ -51,13 +50,15 @@ from typing import Any
 
 import httpx
 import orjson
+import psutil
 from tests.support.api import ADMIN_KEY, bearer
 from tests.support.opensearch import drop_prefix, make_backend, new_prefix
 from tests.support.opensearch_node import build_node, http_request, start_node
 from tests.support.services import postgres, postgres_database, rabbitmq
 from tests.support.stack import Stack, StackConfig, TenantsearchProcess
 
-from bench.affinity import engine_pinned, pids_named
+from bench.affinity import cpu_seconds, engine_pinned, pids_named
+from bench.docs import write_section
 from tenantsearch.search.opensearch_mapping import engine_document, engine_id, field_slots
 from tenantsearch.search.schema import parse_schema
 from tenantsearch.settings import Settings
@@ -102,13 +103,6 @@ def batches(docs: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]
     return [docs[i : i + size] for i in range(0, len(docs), size)]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 SERVICE_PROCESSES = {"java": "OpenSearch", "beam.smp": "RabbitMQ", "postgres": "PostgreSQL"}
 ENGINE = {"java": "OpenSearch"}
 
@@ -119,7 +113,7 @@ def cpu_by_name(names: Mapping[str, str]) -> dict[str, float]:
     where nothing else of that name runs)."""
     totals = dict.fromkeys(names.values(), 0.0)
     for pid, comm in pids_named(names):
-        with contextlib.suppress(OSError):  # it exited meanwhile
+        with contextlib.suppress(psutil.NoSuchProcess):  # it exited meanwhile
             totals[names[comm]] += cpu_seconds(pid)
     return totals
 
@@ -437,22 +431,6 @@ def report(
     return "\n".join(lines)
 
 
-def write_section(text: str, pinned: bool) -> None:
-    name, title = SECTIONS[pinned]
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-    current = path.read_text()
-    if start in current and end in current:
-        head, _, rest = current.partition(start)
-        _, _, tail = rest.partition(end)
-        path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
-        return
-    sep = "" if current.endswith("\n") else "\n"
-    flag = " --pin-engine" if pinned else ""
-    usage = f"`python -m bench.ingest_pipeline{flag} --write` (`bench/ingest_pipeline.py`)"
-    path.write_text(f"{current}{sep}\n{title}\n\n{usage}\n\n{start}\n{text}\n{end}\n")
-
-
 # -- main ------------------------------------------------------------------------------------------
 
 
@@ -570,7 +548,10 @@ def main() -> None:
         text = asyncio.run(measure(args, os_url, amqp_url, database_url, tmp))
     print(text)
     if args.write:
-        write_section(text, args.pin_engine)
+        name, title = SECTIONS[args.pin_engine]
+        flag = " --pin-engine" if args.pin_engine else ""
+        usage = f"`python -m bench.ingest_pipeline{flag} --write` (`bench/ingest_pipeline.py`)"
+        write_section(name, text, f"{title}\n\n{usage}")
 
 
 if __name__ == "__main__":

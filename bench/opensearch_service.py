@@ -57,7 +57,8 @@ import orjson
 from tests.support.opensearch_node import OpenSearchNode, build_node, start_node
 from tests.support.server import ServerProcess
 
-from bench.affinity import engine_pinned
+from bench.affinity import cpu_seconds, engine_pinned
+from bench.docs import write_section
 from bench.embedded import FIELDS, FILTER_TAGS, make_docs, percentile, queries
 from tenantsearch.search.opensearch_backend import OpenSearchBackend
 from tenantsearch.search.opensearch_mapping import field_slots
@@ -76,7 +77,6 @@ CHECKED = 25
 """Queries of each shape whose answers are compared between the two targets."""
 PY_SPY = os.environ.get("PY_SPY", "/root/.pyenv/shims/py-spy")
 ROOT = Path(__file__).resolve().parent.parent
-DOCS_FILE = ROOT / "docs" / "benchmarks.md"
 SECTIONS = {  # --pin-engine: (markers' name, title)
     False: ("opensearch", "## OpenSearch: service vs. direct (`bench/opensearch_service.py`)"),
     True: ("opensearch-pinned", "## OpenSearch: service vs. direct, engine on a core of its own"),
@@ -123,12 +123,6 @@ class Load:
     cpu_ms: dict[str, float] = field(default_factory=dict)
     """CPU time per search (user + system), by process: what each side costs, whatever else
     runs on the machine."""
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -474,18 +468,6 @@ def report(
     return "\n".join(lines)
 
 
-def write_section(text: str, pinned: bool) -> None:
-    """Replace the text between the section's markers (adding the section if missing)."""
-    name, title = SECTIONS[pinned]
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    current = DOCS_FILE.read_text()
-    if start not in current:
-        current = current.rstrip("\n") + f"\n\n{title}\n\n{start}\n{end}\n"
-    head, _, rest = current.partition(start)
-    _, _, tail = rest.partition(end)
-    DOCS_FILE.write_text(f"{head}{start}\n{text}\n{end}{tail}")
-
-
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -607,7 +589,8 @@ def main() -> None:
         text = run(args, Path(tmp))
     print(text)
     if args.write:
-        write_section(text, args.pin_engine)
+        name, title = SECTIONS[args.pin_engine]
+        write_section(name, text, title)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 from tests.support.server import ServerProcess
 
+from bench.docs import write_section
 from bench.embedded import (
     ADMIN_KEY,
     BATCH,
@@ -79,14 +80,7 @@ def main() -> None:
     )
     print(text)
     if args.write:
-        path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-        start, end = "<!-- cache:start -->", "<!-- cache:end -->"
-        doc = path.read_text()
-        if start not in doc:
-            doc += f"\n## Search result cache (`bench/search_cache.py`)\n\n{start}\n{end}\n"
-        head, _, rest = doc.partition(start)
-        _, _, tail = rest.partition(end)
-        path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+        write_section("cache", text, "## Search result cache (`bench/search_cache.py`)")
 
 
 if __name__ == "__main__":
