@@ -200,7 +200,7 @@ async def test_the_tombstone_horizon_follows_version_checkpoints(store: Metadata
     assert await store.tombstone_horizon(t0 + 5 * hour) == 15
     # Checkpoints no later horizon needs are forgotten: those older than the newest one taken
     # at or before keep_after.
-    await store.checkpoint_versions(t0 + 2 * hour, keep_after=t0 + hour)
+    assert await store.checkpoint_versions(t0 + 2 * hour, keep_after=t0 + hour) == 15
     assert await store.tombstone_horizon(t0) == 0
     assert await store.tombstone_horizon(t0 + hour) == 15
     assert await store.tombstone_horizon(t0 + 2 * hour) == 15

@@ -628,8 +628,7 @@ class Indexer:
         pruned = await self._store.prune_tasks(now - self._config.task_retention)
         expired = await self._store.prune_tenant_tokens(now - timedelta(days=1))
         purge_at = now - self._config.task_retention - PURGE_MARGIN
-        await self._store.checkpoint_versions(now, keep_after=purge_at)
-        through = await self._store.tombstone_horizon(purge_at)
+        through = await self._store.checkpoint_versions(now, keep_after=purge_at)
         self._horizon_read_at = -math.inf  # the refusal horizon moved too: read it again
         tombstones = 0
         if through > 0:

@@ -500,10 +500,11 @@ class MetadataStore:
 
     # -- delete tombstones ----------------------------------------------------------------------
 
-    async def checkpoint_versions(self, now: datetime, *, keep_after: datetime) -> None:
+    async def checkpoint_versions(self, now: datetime, *, keep_after: datetime) -> int:
         """Record the document version counter's current value at ``now``, and forget the
         checkpoints no horizon after ``keep_after`` can need (every one older than the newest
-        checkpoint taken at or before ``keep_after``)."""
+        checkpoint taken at or before ``keep_after``). Returns the horizon at ``keep_after``
+        (what ``tombstone_horizon(keep_after)`` answers)."""
         async with self._tx() as s:
             value = await s.scalar(
                 select(CounterRow.value).where(CounterRow.name == "document_version")
@@ -511,15 +512,20 @@ class MetadataStore:
             await s.execute(
                 insert(VersionCheckpointRow).values(taken_at=now, version=int(value or 0))
             )
-            floor = await s.scalar(
-                select(func.max(VersionCheckpointRow.taken_at)).where(
-                    VersionCheckpointRow.taken_at <= keep_after
-                )
-            )
-            if floor is not None:
+            floor = (
                 await s.execute(
-                    delete(VersionCheckpointRow).where(VersionCheckpointRow.taken_at < floor)
+                    select(VersionCheckpointRow.taken_at, VersionCheckpointRow.version)
+                    .where(VersionCheckpointRow.taken_at <= keep_after)
+                    .order_by(VersionCheckpointRow.taken_at.desc())
+                    .limit(1)
                 )
+            ).first()
+            if floor is None:
+                return 0
+            await s.execute(
+                delete(VersionCheckpointRow).where(VersionCheckpointRow.taken_at < floor.taken_at)
+            )
+            return int(floor.version)
 
     async def tombstone_horizon(self, at: datetime) -> int:
         """The highest document version handed out by ``at``, as far as the checkpoints tell (the
