@@ -146,7 +146,7 @@ class _OrjsonSerializer(JSONSerializer):
 def _connection_failure(exc: EngineConnectionError) -> str:
     """Why a connection failed, for the operator's log (clients are only told the engine cannot
     be reached): a certificate the service does not trust, or another TLS failure, is told apart
-    from an engine that is down, since waiting does not mend it."""
+    from an engine that is down, since it takes an operator to mend it."""
     cause = exc.info if isinstance(exc.info, BaseException) else exc.__cause__
     if isinstance(cause, aiohttp.ClientConnectorCertificateError):
         return "tls_certificate_not_trusted"
