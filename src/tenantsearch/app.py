@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -18,7 +17,7 @@ import structlog
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tenantsearch import __version__
+from tenantsearch import __version__, failpoints
 from tenantsearch.api import problems
 from tenantsearch.api.deps import Services
 from tenantsearch.api.middleware import BodyLimit, RequestContext
@@ -51,6 +50,7 @@ from tenantsearch.cache.port import Cache
 from tenantsearch.cache.redis import RedisCache
 from tenantsearch.ingest.dead_letters import DeadLetterService
 from tenantsearch.ingest.indexer import Indexer, IndexerConfig
+from tenantsearch.ingest.outbox import PublishTimes, TaskPublisher
 from tenantsearch.ingest.service import DocumentReader, TaskService, WriteLimits, WriteService
 from tenantsearch.limits.memory import MemoryRateLimiter
 from tenantsearch.limits.port import RateLimiter
@@ -124,6 +124,8 @@ def build_queue(settings: Settings, *, consumer: bool, engine: AsyncEngine) -> Q
                 max_deliveries=settings.indexer_max_deliveries + 1,
                 prefetch=settings.rabbitmq_prefetch,
                 publish_timeout=settings.rabbitmq_publish_timeout_seconds,
+                # Fault injection for reliability tests only; unset in production.
+                failpoint=failpoints.chosen(frozenset({"after_ledger_write"})),
             )
 
 
@@ -180,7 +182,7 @@ def indexer_config(settings: Settings) -> IndexerConfig:
         retry_budget_seconds=settings.indexer_retry_budget_seconds,
         task_retention=timedelta(days=settings.task_retention_days),
         # Fault injection for reliability tests only (docs/operations.md); unset in production.
-        failpoint=os.environ.get("TENANTSEARCH_FAILPOINT") or None,
+        failpoint=failpoints.chosen(failpoints.INDEXER_POINTS),
     )
 
 
@@ -292,7 +294,18 @@ def create_app(
         generated = await auth.bootstrap_admin_key()
         if generated:
             announce_admin_key(generated)
-        collections_service = CollectionService(store, backend, queue)
+        publisher = TaskPublisher(
+            store,
+            queue,
+            PublishTimes(
+                lease_seconds=settings.publish_lease_seconds,
+                settle_seconds=min(10.0, settings.publish_lease_seconds),
+                sweep_seconds=settings.publish_sweep_seconds,
+            ),
+            failpoint=failpoints.chosen(failpoints.API_POINTS),
+        )
+        sweeper = asyncio.create_task(publisher.run_sweeper(), name="publish-sweeper")
+        collections_service = CollectionService(store, backend, publisher)
         app.state.services = Services(
             settings=settings,
             store=store,
@@ -303,11 +316,14 @@ def create_app(
             audit=audit,
             tokens=tokens,
             keys=KeyService(store, auth, audit),
-            tenants=TenantService(store, queue, auth, audit, default_plan=settings.default_plan),
+            tenants=TenantService(
+                store, publisher, auth, audit, default_plan=settings.default_plan
+            ),
             collections=collections_service,
             writes=WriteService(
                 store,
                 queue,
+                publisher,
                 WriteLimits(
                     max_document_bytes=settings.max_document_bytes,
                     max_batch_documents=settings.max_batch_documents,
@@ -333,6 +349,9 @@ def create_app(
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             if indexer is not None and indexer_task is not None:
                 indexer.stop()
                 await indexer_task

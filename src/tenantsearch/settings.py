@@ -121,6 +121,16 @@ class Settings(BaseSettings):
         "retried before it is dead-lettered; an unreachable engine does not count.",
     )
     task_retention_days: Annotated[int, Field(ge=1)] = 7
+    publish_lease_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=30.0,
+        description="How long a write's queue message is left to the API process that recorded "
+        "it before another process (a same-key retry, the sweeper) publishes it again; keep it "
+        "above the queue's publish timeout.",
+    )
+    publish_sweep_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=5.0,
+        description="How often each API process publishes the queue messages whose lease ended.",
+    )
     max_tenant_backlog_documents: Annotated[int, Field(ge=1)] = 500_000
     max_tenant_backlog_bytes: Annotated[int, Field(ge=1024)] = 2 * 1024**3
     max_backlog_documents: Annotated[int, Field(ge=1)] = 5_000_000

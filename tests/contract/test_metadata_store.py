@@ -186,6 +186,89 @@ async def test_started_tasks_are_processing_until_they_finish(store: MetadataSto
     await store.start_tasks([])
 
 
+async def test_a_task_is_recorded_with_its_pending_publish(store: MetadataStore) -> None:
+    t0 = datetime.now(UTC)
+    lease = t0 + timedelta(seconds=30)
+    firsts: list[int] = []
+
+    def body_of(first: int) -> bytes:
+        firsts.append(first)
+        return f"versions from {first}".encode()
+
+    await store.create_task(_task("before"), reserve_versions=4)  # versions 1-4
+    body = await store.create_task_to_publish(
+        _task("a"), body_of, documents=3, lease_until=lease, reserve_versions=3
+    )
+    assert (firsts, body) == ([5], b"versions from 5")  # built from the versions it reserved
+    assert await store.get_task("a") is not None
+    pending = await store.pending_publish("a")
+    assert pending is not None
+    assert (pending.tenant_id, pending.documents, pending.body) == ("t1", 3, body)
+    assert abs((pending.lease_until - lease).total_seconds()) < 0.001
+    # A held lease cannot be claimed, and is not listed as expired.
+    assert await store.claim_publish("a", now=t0, lease_until=t0 + timedelta(seconds=60)) is None
+    assert await store.expired_publishes(t0, limit=10) == []
+    # Once it ended, one claimant wins; the others see the new lease.
+    later = lease + timedelta(seconds=1)
+    claims = await asyncio.gather(
+        *(
+            store.claim_publish("a", now=later, lease_until=later + timedelta(seconds=30))
+            for _ in range(5)
+        )
+    )
+    won = [c for c in claims if c is not None]
+    assert len(won) == 1
+    assert won[0].body == body
+    assert await store.expired_publishes(later, limit=10) == []
+    assert await store.expired_publishes(later + timedelta(seconds=31), limit=10) == ["a"]
+    await store.published("a")
+    await store.published("a")  # gone already: a no-op
+    assert await store.pending_publish("a") is None
+    assert await store.claim_publish("a", now=later, lease_until=later) is None
+    assert await store.expired_publishes(later + timedelta(days=1), limit=10) == []
+
+
+async def test_a_released_publish_can_be_claimed_at_once(store: MetadataStore) -> None:
+    now = datetime.now(UTC)
+    await store.create_task_to_publish(
+        _task("a"), lambda _first: b"m", documents=1, lease_until=now + timedelta(seconds=30)
+    )
+    assert await store.claim_publish("a", now=now, lease_until=now) is None
+    await store.release_publish("a")
+    await store.release_publish("gone")  # no row: a no-op
+    later = datetime.now(UTC) + timedelta(milliseconds=1)
+    claimed = await store.claim_publish("a", now=later, lease_until=later + timedelta(seconds=30))
+    assert claimed is not None
+    assert claimed.body == b"m"
+
+
+async def test_an_indexer_starting_a_task_ends_its_pending_publish(store: MetadataStore) -> None:
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    for task_id in ("a", "b"):
+        await store.create_task_to_publish(
+            _task(task_id), lambda _first: b"m", documents=1, lease_until=past
+        )
+    await store.start_tasks(["a"])
+    assert await store.pending_publish("a") is None
+    assert await store.expired_publishes(datetime.now(UTC), limit=10) == ["b"]
+
+
+async def test_erasing_a_tenant_forgets_its_pending_publishes(store: MetadataStore) -> None:
+    await store.create_tenant("t1", "One")
+    lease = datetime.now(UTC)
+    for task_id in ("a", "erasure"):
+        await store.create_task_to_publish(
+            _task(task_id), lambda _first: b"m", documents=0, lease_until=lease
+        )
+    await store.create_task_to_publish(
+        _task("other", tenant="t2"), lambda _first: b"m", documents=0, lease_until=lease
+    )
+    await store.delete_tenant_metadata("t1", keep_task="erasure")
+    assert await store.pending_publish("a") is None
+    assert await store.pending_publish("erasure") is not None
+    assert await store.pending_publish("other") is not None
+
+
 async def test_the_tombstone_horizon_follows_version_checkpoints(store: MetadataStore) -> None:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     hour = timedelta(hours=1)

@@ -317,6 +317,19 @@ class RabbitMq(Service):
         server, self._server = self._server, None
         _kill_group(server)
 
+    def freeze(self) -> None:
+        """SIGSTOP every process of the broker: connections stay open and nothing answers (a
+        broker stalled on its disk or in a long GC); :meth:`thaw` resumes it."""
+        self._signal_group(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal_group(signal.SIGCONT)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        if self._server is None:
+            raise RuntimeError("the broker is not running")
+        os.killpg(self._server.pid, sig)
+
     def _dispose(self) -> None:
         try:
             self.stop()

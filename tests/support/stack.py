@@ -200,6 +200,7 @@ class Stack:
             "api", self.directory / "api", self.directory / "api.log", config.environment()
         )
         self.indexers: list[TenantsearchProcess] = []
+        self.more_apis: list[TenantsearchProcess] = []
 
     @property
     def url(self) -> str:
@@ -234,6 +235,19 @@ class Stack:
                 await backend.close()
 
         asyncio.run(create())
+
+    def add_api(self, *, env: Mapping[str, str] | None = None) -> TenantsearchProcess:
+        """Another API process on the stack's services (not started yet), with ``env`` added to
+        its environment; stopped with the stack."""
+        n = len(self.more_apis) + 2
+        process = TenantsearchProcess(
+            "api",
+            self.directory / f"api-{n}",
+            self.directory / f"api-{n}.log",
+            {**self.config.environment(), **(env or {})},
+        )
+        self.more_apis.append(process)
+        return process
 
     def start_indexer(
         self, *, env: Mapping[str, str] | None = None, wait: bool = True
@@ -274,7 +288,7 @@ class Stack:
         for process in self.live_indexers:
             with contextlib.suppress(ProcessLookupError):
                 process.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        for process in [*self.indexers, self.api]:
+        for process in [*self.indexers, *self.more_apis, self.api]:
             process.stop()
             process.kill()  # a no-op unless it did not stop in time
 

@@ -39,9 +39,7 @@ import asyncio
 import contextlib
 import functools
 import math
-import os
 import random
-import signal
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -50,6 +48,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from tenantsearch import failpoints
 from tenantsearch.cache.port import Cache, CacheUnavailable
 from tenantsearch.errors import ServiceUnavailable
 from tenantsearch.ingest.messages import MalformedMessage, Message, decode
@@ -85,7 +84,7 @@ class IndexerConfig:
     SIGKILLs this process once the engine has applied a batch and before anything is settled."""
 
 
-FAILPOINTS = frozenset({"after_apply_before_ack"})
+FAILPOINTS = failpoints.INDEXER_POINTS
 
 HORIZON_REFRESH_SECONDS = 60.0
 """How long an indexer keeps the tombstone horizon it read before reading it again."""
@@ -523,8 +522,7 @@ class Indexer:
                 ref_of(collection), [work.message.ops[i] for work, i in sending]
             )
             if self._config.failpoint == "after_apply_before_ack":
-                log.warning("failpoint_kill", failpoint=self._config.failpoint)
-                os.kill(os.getpid(), signal.SIGKILL)
+                failpoints.kill(self._config.failpoint)
             for (work, i), result in zip(sending, results, strict=True):
                 work.results[i] = result
             if any(r.outcome == "applied" for r in results):

@@ -1,8 +1,9 @@
 """The write path: validate documents, give each a version, enqueue durably, report tasks.
 
 A write is acknowledged (202) only after its task is committed and the queue has durably accepted
-its message. Versions come from one database counter, so across every API process a later accepted
-write of a document always carries a higher version than an earlier one.
+its message; the task and its message are committed together first (``ingest.outbox``), so no
+task is left without its message. Versions come from one database counter, so across every API
+process a later accepted write of a document always carries a higher version than an earlier one.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from tenantsearch.errors import (
     TooManyRequests,
 )
 from tenantsearch.ingest.messages import Message, encode
-from tenantsearch.queue.port import Backlog, Queue, QueueUnavailable
+from tenantsearch.ingest.outbox import TaskPublisher
+from tenantsearch.queue.port import Backlog, Queue
 from tenantsearch.search.collections import new_id, ref_of
 from tenantsearch.search.matching import matches
 from tenantsearch.search.port import SearchBackend
@@ -120,12 +122,14 @@ class WriteService:
         self,
         store: MetadataStore,
         queue: Queue,
+        publisher: TaskPublisher,
         limits: WriteLimits,
         *,
         quota: Callable[[str, int, int], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._queue = queue
+        self._publisher = publisher
         self._limits = limits
         self._quota = quota
         self._backpressure = Backpressure(queue, limits)
@@ -179,7 +183,10 @@ class WriteService:
                         "this Idempotency-Key was already used for another request",
                         code="idempotency_key_reused",
                     )
-                return earlier
+                # 202 only once the earlier write is queued: its process may have died between
+                # recording the task and publishing it (then this request publishes it).
+                await self._publisher.settle(earlier.id)
+                return await self._store.get_task(earlier.id) or earlier
         items: list[Any] = list(docs) if docs is not None else list(raw_lines or [])
         if not items:
             raise InvalidInput("the batch holds no documents", code="empty_batch")
@@ -299,22 +306,22 @@ class WriteService:
         puts = sum(1 for _, doc in ops if doc is not None)
         if self._quota is not None and puts:
             await self._quota(collection.tenant_id, puts, size)
-        first = await self._store.create_task(task, reserve_versions=len(ops))
-        message = Message(
-            kind="documents",
-            task_id=task.id,
-            tenant=collection.tenant_id,
-            collection=collection.name,
-            uid=collection.uid,
-            ops=[WriteOp(doc_id, first + i, doc) for i, (doc_id, doc) in enumerate(ops)],
-        )
-        try:
-            await self._queue.publish(
-                encode(message), tenant=collection.tenant_id, documents=len(ops)
+
+        def body_of(first: int) -> bytes:
+            return encode(
+                Message(
+                    kind="documents",
+                    task_id=task.id,
+                    tenant=collection.tenant_id,
+                    collection=collection.name,
+                    uid=collection.uid,
+                    ops=[WriteOp(doc_id, first + i, doc) for i, (doc_id, doc) in enumerate(ops)],
+                )
             )
-        except QueueUnavailable:
-            await self._store.fail_task(task.id, "the write could not be queued; send it again")
-            raise
+
+        # A QueueUnavailable (503) leaves the message pending: published by the sweeper or by a
+        # same-key retry, so the task is never failed for a write that may yet be applied.
+        await self._publisher.submit(task, body_of, documents=len(ops), reserve_versions=len(ops))
         self._backpressure.note(collection.tenant_id, len(ops), size)
         log.info(
             "write_accepted",

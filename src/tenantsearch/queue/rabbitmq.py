@@ -82,6 +82,7 @@ from aio_pika.abc import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tenantsearch import failpoints
 from tenantsearch.queue.ledger import BacklogLedger
 from tenantsearch.queue.port import Backlog, DeadLetter, Delivery, QueueUnavailable
 
@@ -184,7 +185,10 @@ class RabbitMqQueue:
         prefetch: int = 100,
         publish_timeout: float = 10.0,
         operation_timeout: float = 10.0,
+        failpoint: str | None = None,
     ) -> None:
+        """``failpoint``: tests only (``tenantsearch.failpoints``): ``after_ledger_write`` kills
+        the process between recording a message in the backlog ledger and publishing it."""
         if max_deliveries < 1:
             raise ValueError("max_deliveries must be at least 1")
         if prefetch < 1:
@@ -198,6 +202,7 @@ class RabbitMqQueue:
         self._prefetch = prefetch
         self._publish_timeout = publish_timeout
         self._timeout = operation_timeout
+        self._failpoint = failpoint
         self._open: _Open | None = None
         self._in_flight: dict[str, _InFlight] = {}
         self._tags = itertools.count(1)
@@ -269,6 +274,8 @@ class RabbitMqQueue:
         body = bytes(body)
         async with self._guard("recording the message in the backlog ledger"):
             await self._ledger.add(message_id, tenant=tenant, documents=documents, size=len(body))
+        if self._failpoint == "after_ledger_write":
+            failpoints.kill(self._failpoint)
         message = self._message(
             body, message_id, {_H_TENANT: tenant, _H_DOCUMENTS: documents, _H_PRIOR: 0}
         )

@@ -11,7 +11,8 @@ from tenantsearch.auth.rbac import Principal
 from tenantsearch.cache.refresh_ahead import RefreshAheadCache
 from tenantsearch.errors import Conflict, InvalidInput, NotFound
 from tenantsearch.ingest.messages import Message, encode
-from tenantsearch.queue.port import Queue, QueueUnavailable
+from tenantsearch.ingest.outbox import TaskPublisher
+from tenantsearch.queue.port import QueueUnavailable
 from tenantsearch.search.port import CollectionRef, SearchBackend
 from tenantsearch.search.schema import NAME_RE, CollectionSchema, SchemaErrors, parse_schema
 from tenantsearch.store.records import Collection, Task, TaskKind, TaskOutcome
@@ -49,10 +50,12 @@ def ref_of(collection: Collection) -> CollectionRef:
 
 
 class CollectionService:
-    def __init__(self, store: MetadataStore, backend: SearchBackend, queue: Queue) -> None:
+    def __init__(
+        self, store: MetadataStore, backend: SearchBackend, publisher: TaskPublisher
+    ) -> None:
         self._store = store
         self._backend = backend
-        self._queue = queue
+        self._publisher = publisher
         self._cache: RefreshAheadCache[tuple[str, str], Collection] = RefreshAheadCache(
             COLLECTION_CACHE_SECONDS
         )
@@ -130,19 +133,22 @@ class CollectionService:
         if collection is None:
             raise NotFound(f"collection {name!r} not found", code="collection_not_found")
         task = Task.queued(new_id(), tenant_id, TaskKind.COLLECTION_DELETE, name)
-        await self._store.create_task(task)
-        message = Message(
-            kind="collection_delete",
-            task_id=task.id,
-            tenant=tenant_id,
-            collection=name,
-            uid=collection.uid,
+        body = encode(
+            Message(
+                kind="collection_delete",
+                task_id=task.id,
+                tenant=tenant_id,
+                collection=name,
+                uid=collection.uid,
+            )
         )
         try:
-            await self._queue.publish(encode(message), tenant=tenant_id, documents=0)
+            await self._publisher.submit(task, lambda _first: body)
         except QueueUnavailable:
-            # The collection is already gone for clients; do not leave its data behind.
+            # The collection is already gone for clients; do not leave its data behind. (Should
+            # this fail too, the pending message is published later and the indexer drops it.)
             await self._backend.drop_collection(ref_of(collection))
             await self._store.finish_tasks([TaskOutcome(task.id)])
+            await self._store.published(task.id)
         log.info("collection_deleted", collection=name, uid=collection.uid, task_id=task.id)
         return task

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -153,3 +153,20 @@ class QueuedMessageRow(Base):
     documents: Mapped[int] = mapped_column(BigInteger)
     bytes: Mapped[int] = mapped_column(BigInteger)
     published_at: Mapped[datetime]
+
+
+class PendingPublishRow(Base):
+    """A task's queue message from the moment its task is committed until the queue has confirmed
+    it (the transactional outbox, ``tenantsearch.ingest.outbox``). ``lease_until``: until then the
+    process that wrote the row (or claimed it since) is publishing it; after that, any process may
+    claim it and publish it again."""
+
+    __tablename__ = "pending_publishes"
+    __table_args__ = (Index("ix_pending_publishes_lease", "lease_until"),)
+
+    task_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    documents: Mapped[int] = mapped_column(Integer)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    lease_until: Mapped[datetime]
+    created_at: Mapped[datetime]

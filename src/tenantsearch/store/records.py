@@ -113,6 +113,17 @@ class Task:
 
 
 @dataclass(frozen=True)
+class PendingPublish:
+    """A task's queue message that the queue has not confirmed yet (the outbox row)."""
+
+    task_id: str
+    tenant_id: str
+    documents: int
+    body: bytes
+    lease_until: datetime
+
+
+@dataclass(frozen=True)
 class TenantToken:
     id: str
     tenant_id: str

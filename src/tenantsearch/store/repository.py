@@ -8,7 +8,7 @@ transaction. Database errors become :class:`MetadataUnavailable`; uniqueness rac
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,6 +24,7 @@ from tenantsearch.store.models import (
     AuditEventRow,
     CollectionRow,
     CounterRow,
+    PendingPublishRow,
     SigningSecretRow,
     TaskRow,
     TenantRow,
@@ -34,6 +35,7 @@ from tenantsearch.store.records import (
     ApiKey,
     AuditEvent,
     Collection,
+    PendingPublish,
     Role,
     Task,
     TaskKind,
@@ -117,6 +119,16 @@ def _task(row: TaskRow) -> Task:
         created_at=_aware(row.created_at),
         started_at=_aware(row.started_at),
         finished_at=_aware(row.finished_at),
+    )
+
+
+def _pending(row: PendingPublishRow) -> PendingPublish:
+    return PendingPublish(
+        task_id=row.task_id,
+        tenant_id=row.tenant_id,
+        documents=row.documents,
+        body=bytes(row.body),
+        lease_until=_aware(row.lease_until) or _now(),
     )
 
 
@@ -254,6 +266,10 @@ class MetadataStore:
             if keep_task is not None:
                 tasks = tasks.where(TaskRow.id != keep_task)
             await s.execute(tasks)
+            pending = delete(PendingPublishRow).where(PendingPublishRow.tenant_id == tenant_id)
+            if keep_task is not None:
+                pending = pending.where(PendingPublishRow.task_id != keep_task)
+            await s.execute(pending)
             await s.execute(delete(ApiKeyRow).where(ApiKeyRow.tenant_id == tenant_id))
             await s.execute(delete(TenantTokenRow).where(TenantTokenRow.tenant_id == tenant_id))
             await s.execute(delete(CollectionRow).where(CollectionRow.tenant_id == tenant_id))
@@ -377,34 +393,117 @@ class MetadataStore:
     async def create_task(self, task: Task, *, reserve_versions: int = 0) -> int:
         """Insert ``task`` and reserve ``reserve_versions`` consecutive document versions in the
         same transaction; returns the first reserved version (0 when none were asked for)."""
-        row = TaskRow(
-            id=task.id,
-            tenant_id=task.tenant_id,
-            collection=task.collection,
-            kind=task.kind.value,
-            status=task.status.value,
-            received=task.received,
-            indexed=0,
-            failed=task.failed,
-            errors=task.errors[:MAX_TASK_ERRORS],
-            idempotency_key=task.idempotency_key,
-            created_at=task.created_at or _now(),
-            started_at=None,
-            finished_at=task.finished_at,
+        async with self._tx() as s:
+            return await self._insert_task(s, task, reserve_versions)
+
+    async def create_task_to_publish(
+        self,
+        task: Task,
+        body_of: Callable[[int], bytes],
+        *,
+        documents: int,
+        lease_until: datetime,
+        reserve_versions: int = 0,
+    ) -> bytes:
+        """Insert ``task`` (reserving versions as :meth:`create_task` does) together with its
+        queue message, ``body_of(first reserved version)``, as a pending publish leased until
+        ``lease_until``, in one transaction; returns the body. The row stays until
+        :meth:`published` (or an indexer starting the task) removes it."""
+        async with self._tx() as s:
+            first = await self._insert_task(s, task, reserve_versions)
+            body = body_of(first)
+            s.add(
+                PendingPublishRow(
+                    task_id=task.id,
+                    tenant_id=task.tenant_id,
+                    documents=documents,
+                    body=body,
+                    lease_until=lease_until,
+                    created_at=task.created_at or _now(),
+                )
+            )
+        return body
+
+    async def _insert_task(self, s: AsyncSession, task: Task, reserve_versions: int) -> int:
+        first = 0
+        if reserve_versions:
+            result = await s.execute(
+                update(CounterRow)
+                .where(CounterRow.name == "document_version")
+                .values(value=CounterRow.value + reserve_versions)
+                .returning(CounterRow.value)
+            )
+            last = int(result.scalar_one())
+            first = last - reserve_versions + 1
+        s.add(
+            TaskRow(
+                id=task.id,
+                tenant_id=task.tenant_id,
+                collection=task.collection,
+                kind=task.kind.value,
+                status=task.status.value,
+                received=task.received,
+                indexed=0,
+                failed=task.failed,
+                errors=task.errors[:MAX_TASK_ERRORS],
+                idempotency_key=task.idempotency_key,
+                created_at=task.created_at or _now(),
+                started_at=None,
+                finished_at=task.finished_at,
+            )
+        )
+        return first
+
+    # -- pending publishes (the outbox) ---------------------------------------------------------
+
+    async def published(self, task_id: str) -> None:
+        """The queue confirmed the task's message: forget the pending publish (a no-op when it is
+        gone already)."""
+        async with self._tx() as s:
+            await s.execute(delete(PendingPublishRow).where(PendingPublishRow.task_id == task_id))
+
+    async def release_publish(self, task_id: str) -> None:
+        """The publish of ``task_id`` failed: end its lease now, so that a same-key retry or the
+        sweeper may take it over at once instead of waiting out the lease."""
+        async with self._tx() as s:
+            await s.execute(
+                update(PendingPublishRow)
+                .where(PendingPublishRow.task_id == task_id)
+                .values(lease_until=_now())
+            )
+
+    async def pending_publish(self, task_id: str) -> PendingPublish | None:
+        async with self._tx() as s:
+            row = await s.get(PendingPublishRow, task_id)
+            return _pending(row) if row else None
+
+    async def claim_publish(
+        self, task_id: str, *, now: datetime, lease_until: datetime
+    ) -> PendingPublish | None:
+        """Take over the pending publish of ``task_id`` if its lease ended by ``now``: leased to
+        the caller until ``lease_until`` and returned. ``None`` when there is none, or another
+        process holds it (one compare-and-set: of processes claiming at once, one wins)."""
+        claim = (
+            update(PendingPublishRow)
+            .where(PendingPublishRow.task_id == task_id, PendingPublishRow.lease_until <= now)
+            .values(lease_until=lease_until)
         )
         async with self._tx() as s:
-            first = 0
-            if reserve_versions:
-                result = await s.execute(
-                    update(CounterRow)
-                    .where(CounterRow.name == "document_version")
-                    .values(value=CounterRow.value + reserve_versions)
-                    .returning(CounterRow.value)
-                )
-                last = int(result.scalar_one())
-                first = last - reserve_versions + 1
-            s.add(row)
-        return first
+            if (await s.execute(claim)).rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            row = await s.get(PendingPublishRow, task_id)
+            return _pending(row) if row else None
+
+    async def expired_publishes(self, now: datetime, *, limit: int) -> list[str]:
+        """Tasks whose pending publish's lease ended by ``now``, oldest lease first."""
+        query = (
+            select(PendingPublishRow.task_id)
+            .where(PendingPublishRow.lease_until <= now)
+            .order_by(PendingPublishRow.lease_until)
+            .limit(limit)
+        )
+        async with self._tx() as s:
+            return list((await s.scalars(query)).all())
 
     async def get_task(self, task_id: str) -> Task | None:
         async with self._tx() as s:
@@ -441,9 +540,10 @@ class MetadataStore:
 
     async def start_tasks(self, task_ids: Sequence[str]) -> None:
         """Mark queued tasks ``processing`` (an indexer took their messages) with their
-        ``started_at``, in one transaction. Tasks in any other state, unknown ids, and rows
-        another transaction holds locked (an indexer finishing them) are left as they are: this
-        never waits for a lock."""
+        ``started_at``, in one transaction, and forget their pending publishes (their messages are
+        evidently queued). Tasks in any other state, unknown ids, and task rows another
+        transaction holds locked (an indexer finishing them) are left as they are: this never
+        waits for a task's lock."""
         ids = sorted(set(task_ids))
         if not ids:
             return
@@ -455,6 +555,9 @@ class MetadataStore:
             .with_for_update(skip_locked=True)
         )
         async with self._tx() as s:
+            # An indexer holds their messages: they are queued, whatever the API process that
+            # published them recorded (it may have died between the confirm and its own delete).
+            await s.execute(delete(PendingPublishRow).where(PendingPublishRow.task_id.in_(ids)))
             for row in await s.scalars(query):
                 row.status = TaskStatus.PROCESSING.value
                 if row.started_at is None:

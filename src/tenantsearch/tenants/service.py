@@ -12,8 +12,8 @@ from tenantsearch.auth.rbac import Principal
 from tenantsearch.auth.service import AuthService
 from tenantsearch.errors import Conflict, FieldError, InvalidInput, NotFound
 from tenantsearch.ingest.messages import Message, encode
+from tenantsearch.ingest.outbox import TaskPublisher
 from tenantsearch.limits.plans import PLANS, OverrideErrors, check_overrides
-from tenantsearch.queue.port import Queue
 from tenantsearch.search.collections import check_name, new_id
 from tenantsearch.store.records import Task, TaskKind, Tenant
 from tenantsearch.store.repository import MetadataStore
@@ -25,7 +25,7 @@ class TenantService:
     def __init__(
         self,
         store: MetadataStore,
-        queue: Queue,
+        publisher: TaskPublisher,
         auth: AuthService,
         audit: AuditLog,
         *,
@@ -33,7 +33,7 @@ class TenantService:
     ) -> None:
         self._default_plan = default_plan
         self._store = store
-        self._queue = queue
+        self._publisher = publisher
         self._auth = auth
         self._audit = audit
 
@@ -101,12 +101,9 @@ class TenantService:
         await self._store.update_tenant(tenant_id, status="deleting")
         self._auth.forget_tenant(tenant_id)
         task = Task.queued(new_id(), tenant_id, TaskKind.TENANT_ERASURE, None)
-        await self._store.create_task(task)
-        await self._queue.publish(
-            encode(Message(kind="tenant_erasure", task_id=task.id, tenant=tenant_id)),
-            tenant=tenant_id,
-            documents=0,
-        )
+        body = encode(Message(kind="tenant_erasure", task_id=task.id, tenant=tenant_id))
+        # A 503 here leaves the message pending: the sweeper publishes it once the queue is back.
+        await self._publisher.submit(task, lambda _first: body)
         log.info("tenant_erasure_requested", erased_tenant=tenant_id, task_id=task.id)
         await self._audit.record(
             "tenant.erase", principal=requester, tenant_id=tenant_id, detail={"task_id": task.id}
