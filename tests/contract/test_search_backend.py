@@ -488,7 +488,38 @@ async def test_a_field_without_language_is_not_stemmed(backend: SearchBackend) -
     assert sorted(await hit_ids(backend, ref, SearchQuery(text="running"))) == ["e", "p"]
 
 
-async def test_every_word_must_match_some_text_field(backend: SearchBackend) -> None:
+async def test_ranked_matching_finds_documents_with_some_of_the_words(
+    backend: SearchBackend,
+) -> None:
+    ref = await new_collection(backend)
+    await index_docs(
+        backend,
+        ref,
+        {
+            "three": {"title": "quick brown fox"},
+            "two": {"title": "quick brown dog"},
+            "one": {"title": "quick cat"},
+            "none": {"title": "lazy dog"},
+        },
+    )
+
+    result = await backend.search(ref, SearchQuery(text="quick brown fox"))
+    # More of the words (and rarer ones: fox is in one document) rank higher.
+    assert [hit.id for hit in result.hits] == ["three", "two", "one"]
+    assert result.total == 3
+    # A word no document holds does not empty the results; with "all" it does.
+    assert sorted(await hit_ids(backend, ref, SearchQuery(text="brown fox zebra"))) == [
+        "three",
+        "two",
+    ]
+    assert await hit_ids(backend, ref, SearchQuery(text="zebra")) == []
+    assert await hit_ids(backend, ref, SearchQuery(text="quick zebra", matching="all")) == []
+    # A filter narrows the candidates; their order stays the words' order.
+    only = SearchQuery(text="quick brown fox", filter=flt({"tag": {"eq": "x"}}))
+    assert await hit_ids(backend, ref, only) == []
+
+
+async def test_every_word_must_match_some_text_field_with_all(backend: SearchBackend) -> None:
     ref = await new_collection(backend)
     await index_docs(
         backend,
@@ -501,13 +532,13 @@ async def test_every_word_must_match_some_text_field(backend: SearchBackend) -> 
         },
     )
 
-    assert sorted(await hit_ids(backend, ref, SearchQuery(text="quick brown"))) == [
-        "both",
-        "split",
-    ]
-    assert await hit_ids(backend, ref, SearchQuery(text="quick brown fox")) == ["both"]
-    assert await hit_ids(backend, ref, SearchQuery(text="quick cat")) == []
-    assert sorted(await hit_ids(backend, ref, SearchQuery(text="  "))) == sorted(
+    def every(text: str) -> SearchQuery:
+        return SearchQuery(text=text, matching="all")
+
+    assert sorted(await hit_ids(backend, ref, every("quick brown"))) == ["both", "split"]
+    assert await hit_ids(backend, ref, every("quick brown fox")) == ["both"]
+    assert await hit_ids(backend, ref, every("quick cat")) == []
+    assert sorted(await hit_ids(backend, ref, every("  "))) == sorted(
         ["both", "split", "quick", "brown"]
     )
 
@@ -520,10 +551,15 @@ async def test_query_syntax_is_plain_text(backend: SearchBackend) -> None:
         {"a": {"title": "alpha", "tag": "secret"}, "b": {"title": "beta OR gamma", "tag": "x"}},
     )
 
+    def every(text: str) -> SearchQuery:
+        return SearchQuery(text=text, matching="all")
+
     # Field names, operators and wildcards in the text are words, not query syntax.
+    assert await hit_ids(backend, ref, every("tag:secret")) == []
+    assert await hit_ids(backend, ref, every("alpha OR beta")) == []
+    assert await hit_ids(backend, ref, every("beta OR")) == ["b"]
+    assert await hit_ids(backend, ref, every("*")) == []
     assert await hit_ids(backend, ref, SearchQuery(text="tag:secret")) == []
-    assert await hit_ids(backend, ref, SearchQuery(text="alpha OR beta")) == []
-    assert await hit_ids(backend, ref, SearchQuery(text="beta OR")) == ["b"]
     assert await hit_ids(backend, ref, SearchQuery(text="*")) == []
 
 

@@ -88,9 +88,13 @@ async def test_filters_sort_facets_highlight(api: Api) -> None:
     r = await api.search(auth, "books", q="fox", facets=["tag"])
     assert r.json()["facets"] == {"tag": {"animal": 2, "food": 1}}
 
+    r = await api.search(auth, "books", q="fox stew", matching="all")
+    assert [h["id"] for h in r.json()["hits"]] == ["4"]
     r = await api.search(auth, "books", q="fox stew", highlight=True)
     hits = r.json()["hits"]
-    assert [h["id"] for h in hits] == ["4"]
+    # Ranked by default: the one with both words first, then those with one of them.
+    assert [h["id"] for h in hits][:1] == ["4"]
+    assert r.json()["total"] == 3
     fragment = " ".join(hits[0]["highlights"]["title"])
     assert "<em>" in fragment
     assert "<script>" not in fragment
@@ -154,6 +158,22 @@ async def test_cursor_from_another_query_is_refused(api: Api) -> None:
     r = await api.search(auth, "c", q="", limit=1, cursor="not-a-cursor!")
     assert r.status_code == 400
     assert r.json()["code"] == "invalid_cursor"
+    # A page of the ranked search is no page of the all-words one.
+    r = await api.search(auth, "c", q="fox", limit=1)
+    cursor = r.json()["next_cursor"]
+    assert cursor
+    r = await api.search(auth, "c", q="fox", limit=1, cursor=cursor, matching="all")
+    assert r.status_code == 400
+    assert r.json()["code"] == "invalid_cursor"
+
+
+async def test_a_matching_rule_that_does_not_exist_is_refused(api: Api) -> None:
+    _, auth = await api.tenant()
+    await api.collection(auth, "c")
+    r = await api.search(auth, "c", q="fox", matching="most")
+    assert r.status_code == 400
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["errors"][0]["path"] == "/matching"
 
 
 async def test_updates_deletes_and_ndjson(api: Api, client: httpx.AsyncClient) -> None:

@@ -34,7 +34,7 @@ def key(**overrides: Any) -> str:
 def test_key_is_deterministic_and_namespaced() -> None:
     first = key()
     assert first == key()
-    assert first.startswith("search:v1:acme:g0:")
+    assert first.startswith("search:v2:acme:g0:")
     assert len(first.rsplit(":", 1)[1]) == 64  # a SHA-256 hex digest
 
 

@@ -201,6 +201,12 @@ class TaskList(BaseModel):
 
 class SearchBody(Strict):
     q: Annotated[str, Field(max_length=1000)] = ""
+    matching: Literal["ranked", "all"] = Field(
+        default="ranked",
+        description="Which documents the words of q select: ranked (default), every document "
+        "matching at least one word, those matching more of the words (and rarer ones) first; "
+        "all, only documents matching every word (docs/relevance.md).",
+    )
     filter: dict[str, Any] | None = Field(
         default=None,
         description='{"tag": {"eq": "x"}}, {"tag": {"in": ["x", "y"]}}, '

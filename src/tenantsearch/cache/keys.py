@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import orjson
 
-KEY_VERSION = 1
+KEY_VERSION = 2
 """Bump when the hashed layout or the cached value's format changes: old entries become misses."""
 
 

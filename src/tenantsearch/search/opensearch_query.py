@@ -42,7 +42,7 @@ from tenantsearch.search.opensearch_mapping import (
     unmapped_type,
 )
 from tenantsearch.search.port import InvalidCursor
-from tenantsearch.search.query import And, Eq, Filter, In, Not, Or, Range, SearchQuery
+from tenantsearch.search.query import And, Eq, Filter, In, Matching, Not, Or, Range, SearchQuery
 from tenantsearch.search.schema import (
     DOCUMENT_ID_RE,
     FILTERABLE,
@@ -103,8 +103,12 @@ def query_words(text: str) -> list[str]:
     return list(words)
 
 
-def text_query(text: str, text_fields: Sequence[str]) -> dict[str, Any] | None:
-    """Every word must match some text field; None for empty text (everything matches).
+def text_query(
+    text: str, text_fields: Sequence[str], matching: Matching = "ranked"
+) -> dict[str, Any] | None:
+    """The words' query (``SearchQuery.matching``): with ``all`` every word must match some text
+    field, with ``ranked`` at least one, scores summed over the words that match (a ``bool``
+    ``should``, as Tantivy's); None for empty text (everything matches).
 
     One ``multi_match`` per word: ``cross_fields`` treats the fields that share an analyzer as one
     field (so term statistics are blended), and a word that matches in any analyzer group counts.
@@ -124,13 +128,18 @@ def text_query(text: str, text_fields: Sequence[str]) -> dict[str, Any] | None:
                 "fields": list(text_fields),
                 "type": "cross_fields",
                 "operator": "and",
-                # A word the analyzers reduce to nothing is skipped, like in the embedded engine.
-                "zero_terms_query": "all",
+                # A word the analyzers reduce to nothing is skipped, like in the embedded engine
+                # (with ``ranked`` it selects nothing, so it adds no document).
+                "zero_terms_query": "all" if matching == "all" else "none",
             }
         }
         for word in words
     ]
-    return clauses[0] if len(clauses) == 1 else {"bool": {"must": clauses}}
+    if len(clauses) == 1:
+        return clauses[0]
+    if matching == "all":
+        return {"bool": {"must": clauses}}
+    return {"bool": {"should": clauses, "minimum_should_match": 1}}
 
 
 # -- filters -----------------------------------------------------------------------------------
@@ -209,7 +218,7 @@ def filter_query(
 
 def query_digest(query: SearchQuery) -> str:
     """Names "the same search" across pages (the dataclasses' reprs are deterministic)."""
-    key = repr((query.text, query.filter, query.sort)).encode()
+    key = repr((query.text, query.matching, query.filter, query.sort)).encode()
     return hashlib.blake2b(key, digest_size=8).hexdigest()
 
 
@@ -339,7 +348,7 @@ def build_search(
 
     filters = [] if query.filter is None else [filter_query(query.filter, schema, slots)]
     engine_query = live_query(scope, *filters)
-    text = text_query(query.text, text_fields)
+    text = text_query(query.text, text_fields, query.matching)
     if text is not None:
         engine_query["bool"]["must"] = [text]
 

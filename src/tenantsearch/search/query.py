@@ -57,6 +57,10 @@ class Not:
 
 Filter = Eq | In | Range | And | Or | Not
 
+Matching = Literal["ranked", "all"]
+"""Which documents a query's words select (``SearchQuery.matching``)."""
+MATCHINGS: tuple[Matching, ...] = ("ranked", "all")
+
 
 @dataclass(frozen=True)
 class SortKey:
@@ -68,12 +72,17 @@ class SortKey:
 class SearchQuery:
     """One page of a search in one collection.
 
-    ``text`` is free text: every word must match some text field (after that field's analysis);
-    empty text matches every document. Without ``sort``, hits are ordered by relevance. ``after`` is
-    the backend's own cursor token from the previous page's ``next_after`` for the same query.
+    ``text`` is free text, its words analyzed per text field; empty text matches every document.
+    ``matching`` says which documents the words select (docs/relevance.md): ``ranked`` (the
+    default), every document where at least one word matches some text field, ranked by BM25
+    summed over the words that match (so matching more of the words, and rarer ones, ranks
+    higher); ``all``, only documents where every word matches some text field. Without ``sort``,
+    hits are ordered by relevance. ``after`` is the backend's own cursor token from the previous
+    page's ``next_after`` for the same query.
     """
 
     text: str = ""
+    matching: Matching = "ranked"
     filter: Filter | None = None
     sort: tuple[SortKey, ...] = ()
     facets: tuple[str, ...] = ()

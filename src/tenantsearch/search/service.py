@@ -28,6 +28,7 @@ from tenantsearch.search.query import (
     And,
     Filter,
     FilterErrors,
+    Matching,
     SearchQuery,
     SearchResult,
     parse_facets,
@@ -42,6 +43,7 @@ MAX_CURSOR_LENGTH = 4096
 @dataclass(frozen=True)
 class SearchRequest:
     q: str
+    matching: Matching
     filter: Any
     sort: Any
     facets: list[str]
@@ -59,7 +61,14 @@ class SearchPage:
 
 def _digest(request: SearchRequest) -> str:
     shape = orjson.dumps(
-        [request.q, request.filter, request.sort, request.facets, request.facet_size],
+        [
+            request.q,
+            request.matching,
+            request.filter,
+            request.sort,
+            request.facets,
+            request.facet_size,
+        ],
         option=orjson.OPT_SORT_KEYS,
     )
     return hashlib.sha256(shape).hexdigest()[:24]
@@ -204,6 +213,7 @@ class SearchService:
             )
             query = SearchQuery(
                 text=request.q,
+                matching=request.matching,
                 filter=combine(mandatory_filter(collection, mandatory), user_filter),
                 sort=parse_sort(schema, request.sort),
                 facets=parse_facets(schema, request.facets),

@@ -69,6 +69,7 @@ from tenantsearch.search.query import (
     Filter,
     Hit,
     In,
+    Matching,
     Not,
     Or,
     Range,
@@ -327,7 +328,7 @@ def _render_highlight(fragment: str, ranges: Sequence[tantivy.Range]) -> str:
 
 def _query_digest(query: SearchQuery) -> str:
     # The dataclasses' reprs are deterministic, so this names "the same search" across pages.
-    key = repr((query.text, query.filter, query.sort)).encode()
+    key = repr((query.text, query.matching, query.filter, query.sort)).encode()
     return hashlib.blake2b(key, digest_size=8).hexdigest()
 
 
@@ -892,7 +893,7 @@ class TantivyBackend:
         self, coll: _Collection, query: SearchQuery, offset: int, digest: str
     ) -> SearchResult:
         occur = tantivy.Occur
-        text_query = self._text_query(coll, query.text)
+        text_query = self._text_query(coll, query.text, query.matching)
         clauses: list[tuple[tantivy.Occur, tantivy.Query]] = [
             (occur.Must, text_query if text_query is not None else tantivy.Query.all_query()),
             (occur.MustNot, tantivy.Query.term_query(coll.engine_schema, DELETED_FIELD, True)),
@@ -949,8 +950,10 @@ class TantivyBackend:
             next_after=_encode_cursor(end, digest) if hits and end < total else None,
         )
 
-    def _text_query(self, coll: _Collection, text: str) -> tantivy.Query | None:
-        """Every word must match some text field; None for empty text (match everything)."""
+    def _text_query(self, coll: _Collection, text: str, matching: Matching) -> tantivy.Query | None:
+        """The words' query (``SearchQuery.matching``): every word must match some text field
+        (``all``), or at least one, scores summed (``ranked``); None for empty text (match
+        everything)."""
         if not text.strip():
             return None
         occur = tantivy.Occur
@@ -979,7 +982,9 @@ class TantivyBackend:
             return tantivy.Query.empty_query()
         if len(words) == 1:
             return words[0]
-        return tantivy.Query.boolean_query([(occur.Must, q) for q in words])
+        return tantivy.Query.boolean_query(
+            [(occur.Must if matching == "all" else occur.Should, q) for q in words]
+        )
 
     def _filter_query(self, coll: _Collection, node: Filter) -> tantivy.Query:
         occur = tantivy.Occur

@@ -35,6 +35,7 @@ async def run_search(
     collection = await collection_of(services, principal, name)
     search_request = SearchRequest(
         q=body.q,
+        matching=body.matching,
         filter=body.filter,
         sort=body.sort,
         facets=body.facets,
