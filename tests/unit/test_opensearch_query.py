@@ -148,20 +148,24 @@ def test_query_words_split_like_the_tokenizer_and_drop_long_words() -> None:
     assert query_words("ü" * 20) == []  # 40 UTF-8 bytes
 
 
-def test_text_query_needs_every_word_in_some_field() -> None:
+def test_text_query_wants_one_word_ranked_and_every_word_with_all() -> None:
     fields = ["f.text_en_0", "f.text_fr_0"]
     assert text_query("   ", fields) is None
     assert text_query("?!", fields) == {"match_none": {}}
     assert text_query("fox", []) == {"match_none": {}}
-    query = text_query("quick fox quick", fields)
-    assert query is not None
-    clauses = query["bool"]["must"]
-    assert [c["multi_match"]["query"] for c in clauses] == ["quick", "fox"]
-    for clause in clauses:
-        match = clause["multi_match"]
-        assert match["fields"] == fields
-        assert match["type"] == "cross_fields"
-        assert match["operator"] == "and"
+    ranked = text_query("quick fox quick", fields)
+    assert ranked is not None
+    assert ranked["bool"]["minimum_should_match"] == 1
+    every = text_query("quick fox quick", fields, "all")
+    assert every is not None
+    for clauses, zero_terms in ((ranked["bool"]["should"], "none"), (every["bool"]["must"], "all")):
+        assert [c["multi_match"]["query"] for c in clauses] == ["quick", "fox"]
+        for clause in clauses:
+            match = clause["multi_match"]
+            assert match["fields"] == fields
+            assert match["type"] == "cross_fields"
+            assert match["operator"] == "and"
+            assert match["zero_terms_query"] == zero_terms
     single = text_query("fox", fields)
     assert single is not None
     assert single["multi_match"]["query"] == "fox"
