@@ -48,6 +48,7 @@ from tenantsearch.auth.tenant_tokens import TenantTokenService
 from tenantsearch.cache.memory import MemoryCache
 from tenantsearch.cache.port import Cache
 from tenantsearch.cache.redis import RedisCache
+from tenantsearch.cache.refresh_ahead import StaleServing
 from tenantsearch.ingest.dead_letters import DeadLetterService
 from tenantsearch.ingest.indexer import Indexer, IndexerConfig
 from tenantsearch.ingest.outbox import PublishTimes, TaskPublisher
@@ -259,7 +260,9 @@ def create_app(
         queue_starter = await start_queue(queue)
         admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
         audit = AuditLog(store)
-        tokens = TenantTokenService(store)
+        stale = StaleServing(settings.metadata_stale_seconds)
+        metrics.watch_stale_metadata(stale.oldest_age)
+        tokens = TenantTokenService(store, stale=stale)
         await tokens.start()
         http = httpx.AsyncClient(follow_redirects=False)
         auth = AuthService(
@@ -272,13 +275,16 @@ def create_app(
             metrics_token=(
                 settings.metrics_token.get_secret_value() if settings.metrics_token else None
             ),
+            stale=stale,
         )
         limiter = build_limiter(settings)
         cache = build_cache(settings, run_indexer=run_indexer)
         await limiter.start()  # Redis clients connect on first use: nothing to wait for here
         if cache is not None:
             await cache.start()
-        limits = LimitService(limiter, store, metrics, default_plan=settings.default_plan)
+        limits = LimitService(
+            limiter, store, metrics, default_plan=settings.default_plan, stale=stale
+        )
         usage = UsageService(store, backend)
 
         async def document_quota(tenant_id: str, incoming: int, size: int) -> None:
@@ -305,8 +311,9 @@ def create_app(
             failpoint=failpoints.chosen(failpoints.API_POINTS),
         )
         sweeper = asyncio.create_task(publisher.run_sweeper(), name="publish-sweeper")
-        collections_service = CollectionService(store, backend, publisher)
+        collections_service = CollectionService(store, backend, publisher, stale=stale)
         app.state.services = Services(
+            stale=stale,
             settings=settings,
             store=store,
             backend=backend,

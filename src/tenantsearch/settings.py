@@ -121,6 +121,13 @@ class Settings(BaseSettings):
         "retried before it is dead-lettered; an unreachable engine does not count.",
     )
     task_retention_days: Annotated[int, Field(ge=1)] = 7
+    metadata_stale_seconds: Annotated[float, Field(ge=0, le=86400)] = Field(
+        default=300.0,
+        description="While the metadata database cannot be reached, how long past their normal "
+        "1 s refresh this process keeps answering with the credentials, tenants, plans and "
+        "collections it last verified (0: not at all); a key revoked elsewhere just before an "
+        "outage stays valid here for up to this long.",
+    )
     publish_lease_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=30.0,
         description="How long a write's queue message is left to the API process that recorded "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.services import RabbitMq, postgres_database, rabbitmq
+from tests.support.services import Postgres, RabbitMq, postgres, postgres_database, rabbitmq
 from tests.support.stack import Stack, StackConfig
 
 StackFactory = Callable[..., Stack]
@@ -26,6 +26,13 @@ def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitM
     """A broker of the test's own: the session's one must not be restarted."""
     with rabbitmq(tmp_path_factory.mktemp("broker")) as broker:
         yield broker
+
+
+@pytest.fixture
+def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """A PostgreSQL server of the test's own: the session's one must not be stopped."""
+    with postgres(tmp_path_factory.mktemp("pg")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -363,13 +363,6 @@ async def test_o2_indexer_and_api_started_before_the_broker_wait_for_it(
 O3_DOWN_SECONDS = 8.0
 
 
-@pytest.fixture
-def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
-    """A PostgreSQL server of the test's own: the session's one must not be stopped."""
-    with postgres(tmp_path_factory.mktemp("pg")) as server:
-        yield server
-
-
 async def test_o3_a_metadata_database_restart_loses_nothing(
     tmp_path: Path, opensearch_url: str, rabbitmq_url: str, private_postgres: Postgres
 ) -> None:

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from tenantsearch.cache.refresh_ahead import RefreshAheadCache
+from tenantsearch.cache.refresh_ahead import RefreshAheadCache, StaleServing
+from tenantsearch.errors import ServiceUnavailable
 
 
 class Clock:
@@ -179,3 +180,110 @@ async def test_an_update_keeps_the_age_of_the_load_it_came_from() -> None:
     assert cache.peek("k") is None
     cache.update("gone", "x")  # not cached: nothing to update
     assert cache.peek("gone") is None
+
+
+# -- stale on error ------------------------------------------------------------------------------
+
+
+class Down(Store):
+    """A loader whose store can be unreachable (``ServiceUnavailable``) rather than broken."""
+
+    async def load(self) -> str | None:
+        self.loads += 1
+        if self.fail:
+            raise ServiceUnavailable("database down")
+        return self.value
+
+
+def make_stale() -> tuple[RefreshAheadCache[str, str], Clock, StaleServing]:
+    clock = Clock()
+    policy = StaleServing(300.0, clock=clock)
+    return RefreshAheadCache(1.0, refresh_after=0.5, stale=policy, clock=clock), clock, policy
+
+
+async def test_an_unreachable_store_is_answered_with_the_last_value_for_the_bound() -> None:
+    cache, clock, policy = make_stale()
+    store = Down()
+    assert await cache.get("k", store.load) == "v1"
+    store.fail = True
+    clock.now = 5.0  # past the ttl: a load is tried, fails, the verified value is served
+    assert await cache.get("k", store.load) == "v1"
+    assert store.loads == 2
+    assert policy.oldest_age() == 5.0
+    clock.now = 5.5  # within the retry pause: served without trying again
+    assert await cache.get("k", store.load) == "v1"
+    assert store.loads == 2
+    clock.now = 300.9
+    assert await cache.get("k", store.load) == "v1"
+    assert store.loads == 3
+    assert policy.oldest_age() == 300.9
+    clock.now = 301.0  # ttl + the stale bound after the load: fail closed
+    with pytest.raises(ServiceUnavailable):
+        await cache.get("k", store.load)
+
+
+async def test_a_key_never_loaded_is_not_guessed_while_the_store_is_down() -> None:
+    cache, clock, _ = make_stale()
+    store = Down()
+    await cache.get("known", store.load)
+    store.fail = True
+    clock.now = 2.0
+    assert await cache.get("known", store.load) == "v1"
+    with pytest.raises(ServiceUnavailable):
+        await cache.get("unknown", store.load)
+
+
+async def test_the_store_back_ends_stale_serving_and_drops_what_it_no_longer_has() -> None:
+    cache, clock, _ = make_stale()
+    store = Down()
+    await cache.get("k", store.load)
+    store.fail = True
+    clock.now = 2.0
+    assert await cache.get("k", store.load) == "v1"
+    store.fail = False
+    store.value = None  # revoked while the store was down
+    clock.now = 3.5  # past the retry pause: the next read loads, and the key is gone
+    assert await cache.get("k", store.load) is None
+    store.fail = True
+    clock.now = 10.0
+    with pytest.raises(ServiceUnavailable):  # no stale copy of a dropped key
+        await cache.get("k", store.load)
+
+
+async def test_other_errors_and_invalidations_are_never_answered_stale() -> None:
+    cache, clock, _ = make_stale()
+    store = Store()
+    await cache.get("k", store.load)
+    store.fail = True  # a RuntimeError: a bug, not an outage
+    clock.now = 2.0
+    with pytest.raises(RuntimeError):
+        await cache.get("k", store.load)
+    down = Down()
+    await cache.get("j", down.load)
+    cache.pop("j")
+    down.fail = True
+    clock.now = 4.0
+    with pytest.raises(ServiceUnavailable):
+        await cache.get("j", down.load)
+
+
+async def test_stale_serving_is_reported_for_a_while_only() -> None:
+    clock = Clock()
+    policy = StaleServing(60.0, clock=clock)
+    assert policy.oldest_age() == 0.0
+    policy.served("a", 3.0)
+    policy.served("b", 1.0)
+    clock.now = 2.0
+    assert policy.oldest_age() == 5.0
+    clock.now = 10.0
+    assert policy.oldest_age() == 0.0
+
+
+async def test_without_a_stale_policy_an_expired_entry_is_not_served_on_errors() -> None:
+    cache, clock = make()
+    store = Down()
+    await cache.get("k", store.load)
+    store.fail = True
+    clock.now = 1.5
+    with pytest.raises(ServiceUnavailable):
+        await cache.get("k", store.load)

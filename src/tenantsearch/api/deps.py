@@ -16,6 +16,7 @@ from tenantsearch.auth.audit import AuditLog
 from tenantsearch.auth.rbac import Action, Principal, authorize, require_collection, require_tenant
 from tenantsearch.auth.service import AuthService, KeyService
 from tenantsearch.auth.tenant_tokens import TenantTokenService
+from tenantsearch.cache.refresh_ahead import StaleServing
 from tenantsearch.errors import Forbidden
 from tenantsearch.ingest.dead_letters import DeadLetterService
 from tenantsearch.ingest.service import DocumentReader, TaskService, WriteService
@@ -52,6 +53,7 @@ class Services:
     dead_letters: DeadLetterService
     limits: LimitService
     usage: UsageService
+    stale: StaleServing
 
 
 async def get_services(request: Request) -> Services:

@@ -71,8 +71,16 @@ async def _ours(request: Request, exc: Exception) -> Response:
         title=exc.title,
         detail=exc.detail,
         errors=[e.as_dict() for e in exc.errors] or None,
-        headers=exc.headers or None,
+        headers=_retry_after(exc),
     )
+
+
+def _retry_after(exc: TenantSearchError) -> dict[str, str] | None:
+    """A dependency that cannot serve right now says when to try again (1 s unless the error
+    names its own wait): clients and balancers then back off instead of hammering it."""
+    if exc.status == 503 and "Retry-After" not in exc.headers:
+        return {**exc.headers, "Retry-After": "1"}
+    return exc.headers or None
 
 
 def _path(loc: tuple[Any, ...]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -14,8 +15,14 @@ from tenantsearch.auth.audit import AuditLog
 from tenantsearch.auth.oidc import OidcVerifier
 from tenantsearch.auth.rbac import CredentialKind, Principal, within_reach
 from tenantsearch.auth.tenant_tokens import TenantTokenService
-from tenantsearch.cache.refresh_ahead import RefreshAheadCache
-from tenantsearch.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from tenantsearch.cache.refresh_ahead import RefreshAheadCache, StaleServing
+from tenantsearch.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+    Unauthenticated,
+)
 from tenantsearch.store.records import ApiKey, Role
 from tenantsearch.store.repository import MetadataStore
 
@@ -51,6 +58,7 @@ class AuthService:
         oidc: OidcVerifier | None = None,
         claims: ClaimNames = ClaimNames(),
         metrics_token: str | None = None,
+        stale: StaleServing | None = None,
     ) -> None:
         self._store = store
         self._admin_key_hash = keys.hash_secret(admin_key) if admin_key else None
@@ -59,11 +67,25 @@ class AuthService:
         self._tokens = tokens
         self._oidc = oidc
         self._claims = claims
-        self._tenants: RefreshAheadCache[str, bool] = RefreshAheadCache(CREDENTIAL_CACHE_SECONDS)
+        self._tenants: RefreshAheadCache[str, bool] = RefreshAheadCache(
+            CREDENTIAL_CACHE_SECONDS, stale=stale
+        )
+        self._stamps: set[asyncio.Task[None]] = set()
         # key id -> (record, its tenant is active); only keys that exist are cached.
         self._cache: RefreshAheadCache[str, tuple[ApiKey, bool]] = RefreshAheadCache(
-            CREDENTIAL_CACHE_SECONDS
+            CREDENTIAL_CACHE_SECONDS, stale=stale
         )
+
+    def _stamp(self, key_id: str, when: datetime) -> None:
+        async def stamp() -> None:
+            try:
+                await self._store.touch_key(key_id, when)
+            except ServiceUnavailable as exc:
+                log.info("key_last_used_not_recorded", key_id=key_id, error=exc.detail)
+
+        task = asyncio.get_running_loop().create_task(stamp())
+        self._stamps.add(task)
+        task.add_done_callback(self._stamps.discard)
 
     def forget(self, key_id: str | None = None) -> None:
         """Drop cached credentials (one key, or all) after a change made by this process."""
@@ -199,8 +221,10 @@ class AuthService:
         if not tenant_active:
             raise Unauthenticated("the key is not valid", code="invalid_credentials")
         if record.last_used_at is None or (now - record.last_used_at).total_seconds() > 60:
-            await self._store.touch_key(record.id, now)
+            # Stamped once a minute, and off the request: a database that cannot be reached
+            # (or is slow) costs the stamp, never the request.
             self._cache.update(key_id, (replace(record, last_used_at=now), tenant_active))
+            self._stamp(record.id, now)
         return Principal(
             key_id=record.id,
             role=record.role,

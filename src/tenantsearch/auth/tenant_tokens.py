@@ -19,7 +19,7 @@ from typing import Any
 import jwt
 
 from tenantsearch.auth.rbac import CredentialKind, Principal, within_reach
-from tenantsearch.cache.refresh_ahead import RefreshAheadCache
+from tenantsearch.cache.refresh_ahead import RefreshAheadCache, StaleServing
 from tenantsearch.errors import InvalidInput, NotFound, Unauthenticated
 from tenantsearch.search.query import FilterErrors, parse_filter
 from tenantsearch.store.records import Collection, Role, TenantToken
@@ -35,10 +35,12 @@ MAX_TOKEN_LENGTH = 4096
 
 
 class TenantTokenService:
-    def __init__(self, store: MetadataStore) -> None:
+    def __init__(self, store: MetadataStore, *, stale: StaleServing | None = None) -> None:
         self._store = store
         self._secret: str | None = None
-        self._cache: RefreshAheadCache[str, TenantToken] = RefreshAheadCache(CACHE_SECONDS)
+        self._cache: RefreshAheadCache[str, TenantToken] = RefreshAheadCache(
+            CACHE_SECONDS, stale=stale
+        )
 
     async def start(self) -> None:
         self._secret = await self._store.signing_secret(SECRET_NAME, secrets.token_urlsafe(48))

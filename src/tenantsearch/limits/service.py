@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import structlog
 
 from tenantsearch.auth.rbac import Action, Principal
-from tenantsearch.cache.refresh_ahead import RefreshAheadCache
+from tenantsearch.cache.refresh_ahead import RefreshAheadCache, StaleServing
 from tenantsearch.errors import ServiceUnavailable, TooManyRequests
 from tenantsearch.limits.plans import BUDGET_OF, Budget, Limits, effective
 from tenantsearch.limits.port import Decision, LimiterUnavailable, RateLimiter
@@ -50,12 +50,15 @@ class LimitService:
         metrics: Metrics,
         *,
         default_plan: str = "standard",
+        stale: StaleServing | None = None,
     ) -> None:
         self._limiter = limiter
         self._store = store
         self._metrics = metrics
         self._default_plan = default_plan
-        self._limits: RefreshAheadCache[str, Limits] = RefreshAheadCache(LIMITS_CACHE_SECONDS)
+        self._limits: RefreshAheadCache[str, Limits] = RefreshAheadCache(
+            LIMITS_CACHE_SECONDS, stale=stale
+        )
 
     def forget(self, tenant_id: str) -> None:
         self._limits.pop(tenant_id)

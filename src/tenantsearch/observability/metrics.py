@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (
     0.001,
@@ -59,3 +60,13 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.metadata_stale = Gauge(
+            "tenantsearch_metadata_stale_seconds",
+            "Age of the oldest credential, tenant, plan or collection record this process served "
+            "from its cache in the last 10 s because the metadata database could not be reached "
+            "(0: none; docs/operations.md).",
+            registry=self.registry,
+        )
+
+    def watch_stale_metadata(self, oldest_age: Callable[[], float]) -> None:
+        self.metadata_stale.set_function(oldest_age)

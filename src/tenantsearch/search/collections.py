@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import structlog
 
 from tenantsearch.auth.rbac import Principal
-from tenantsearch.cache.refresh_ahead import RefreshAheadCache
+from tenantsearch.cache.refresh_ahead import RefreshAheadCache, StaleServing
 from tenantsearch.errors import Conflict, InvalidInput, NotFound
 from tenantsearch.ingest.messages import Message, encode
 from tenantsearch.ingest.outbox import TaskPublisher
@@ -51,13 +51,18 @@ def ref_of(collection: Collection) -> CollectionRef:
 
 class CollectionService:
     def __init__(
-        self, store: MetadataStore, backend: SearchBackend, publisher: TaskPublisher
+        self,
+        store: MetadataStore,
+        backend: SearchBackend,
+        publisher: TaskPublisher,
+        *,
+        stale: StaleServing | None = None,
     ) -> None:
         self._store = store
         self._backend = backend
         self._publisher = publisher
         self._cache: RefreshAheadCache[tuple[str, str], Collection] = RefreshAheadCache(
-            COLLECTION_CACHE_SECONDS
+            COLLECTION_CACHE_SECONDS, stale=stale
         )
 
     async def get(self, principal: Principal, tenant_id: str, name: str) -> Collection:

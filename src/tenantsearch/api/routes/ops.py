@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -24,7 +25,10 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(services: ServicesDep) -> Response:
-    """Every dependency answers: 200, else 503 naming the failing ones."""
+    """Every dependency answers: 200 ``ready``. Only the metadata database failing: 200
+    ``degraded`` (searches and reads by id go on from the metadata this process verified, for
+    ``TENANTSEARCH_METADATA_STALE_SECONDS``; writes and admin calls answer 503), so a balancer keeps
+    the process serving reads. Anything else failing: 503 naming the failing ones."""
     checks = {
         "metadata": services.store.ping(),
         "queue": services.queue.ping(),
@@ -36,6 +40,13 @@ async def readyz(services: ServicesDep) -> Response:
             await asyncio.wait_for(check, READY_TIMEOUT_SECONDS)
         except (ServiceUnavailable, TimeoutError):
             failing.append(name)
+    if failing == ["metadata"] and services.stale.seconds > 0:
+        body = {
+            "status": "degraded",
+            "unavailable": failing,
+            "stale_metadata_seconds": round(services.stale.oldest_age(), 3),
+        }
+        return Response(orjson.dumps(body), media_type="application/json")
     if failing:
         raise ServiceUnavailable(f"not ready: {', '.join(failing)} unavailable", code="not_ready")
     return Response(b'{"status":"ready"}', media_type="application/json")
