@@ -167,6 +167,20 @@ async def test_cursor_from_another_query_is_refused(api: Api) -> None:
     assert r.json()["code"] == "invalid_cursor"
 
 
+async def test_a_question_of_too_many_words_is_refused_with_the_cap(api: Api) -> None:
+    _, auth = await api.tenant()
+    await api.collection(auth, "c")
+    await api.index(auth, "c", DOCS)
+    many = " ".join(f"w{i}" for i in range(64))
+    r = await api.search(auth, "c", q=f"{many} fox {many}")  # repeated words count once
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "too_many_words"
+    assert r.json()["errors"][0]["path"] == "/q"
+    r = await api.search(auth, "c", q=f"{' '.join(many.split()[:63])} fox")
+    assert r.status_code == 200, r.text
+    assert {h["id"] for h in r.json()["hits"]} == {"1", "2", "4"}
+
+
 async def test_a_matching_rule_that_does_not_exist_is_refused(api: Api) -> None:
     _, auth = await api.tenant()
     await api.collection(auth, "c")

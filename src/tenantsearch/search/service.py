@@ -20,9 +20,10 @@ import orjson
 from tenantsearch.auth.rbac import Principal
 from tenantsearch.cache.keys import permissions_digest, search_cache_key
 from tenantsearch.cache.port import Cache, CacheUnavailable
-from tenantsearch.errors import Forbidden, InvalidInput
+from tenantsearch.errors import FieldError, Forbidden, InvalidInput
 from tenantsearch.observability.metrics import Metrics
 from tenantsearch.search.collections import ref_of
+from tenantsearch.search.opensearch_query import query_words
 from tenantsearch.search.port import InvalidCursor, SearchBackend
 from tenantsearch.search.query import (
     And,
@@ -38,6 +39,8 @@ from tenantsearch.search.query import (
 from tenantsearch.store.records import Collection
 
 MAX_CURSOR_LENGTH = 4096
+MAX_QUERY_WORDS = 64
+"""Most distinct words in ``q``: each is a clause of the engine query (docs/relevance.md)."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,13 @@ class SearchService:
         """One page of results; ``mandatory`` (a tenant token's filter) restricts hits, totals
         and facets alike."""
         schema = collection.schema
+        words = len(query_words(request.q))
+        if words > MAX_QUERY_WORDS:
+            raise InvalidInput(
+                f"q holds {words} distinct words; at most {MAX_QUERY_WORDS} are searched for",
+                code="too_many_words",
+                errors=[FieldError("/q", f"at most {MAX_QUERY_WORDS} distinct words")],
+            )
         try:
             user_filter = (
                 parse_filter(schema, request.filter) if request.filter is not None else None
