@@ -181,6 +181,33 @@ async def test_a_question_of_too_many_words_is_refused_with_the_cap(api: Api) ->
     assert {h["id"] for h in r.json()["hits"]} == {"1", "2", "4"}
 
 
+async def test_last_drops_words_from_the_end_until_something_matches(api: Api) -> None:
+    _, auth = await api.tenant()
+    await api.collection(auth, "c")
+    await api.index(auth, "c", DOCS)
+    r = await api.search(auth, "c", q="fox stew", matching="last")
+    assert [h["id"] for h in r.json()["hits"]] == ["4"]
+    assert "dropped_words" not in r.json()
+    r = await api.search(auth, "c", q="fox stew zebra unicorn", matching="last")
+    assert [h["id"] for h in r.json()["hits"]] == ["4"]
+    assert r.json()["dropped_words"] == ["zebra", "unicorn"]
+    r = await api.search(auth, "c", q="zebra fox", matching="last")
+    assert (r.json()["hits"], r.json()["total"]) == ([], 0)
+    assert "dropped_words" not in r.json()
+    # Pages of the same search keep to the same words.
+    seen: list[str] = []
+    cursor = None
+    while True:
+        r = await api.search(auth, "c", q="fox zebra", matching="last", limit=1, cursor=cursor)
+        assert r.status_code == 200, r.text
+        assert r.json()["dropped_words"] == ["zebra"]
+        seen += [h["id"] for h in r.json()["hits"]]
+        cursor = r.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == ["1", "2", "4"]
+
+
 async def test_a_matching_rule_that_does_not_exist_is_refused(api: Api) -> None:
     _, auth = await api.tenant()
     await api.collection(auth, "c")

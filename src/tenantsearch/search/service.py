@@ -12,8 +12,8 @@ import binascii
 import contextlib
 import hashlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
 
 import orjson
 
@@ -29,7 +29,6 @@ from tenantsearch.search.query import (
     And,
     Filter,
     FilterErrors,
-    Matching,
     SearchQuery,
     SearchResult,
     parse_facets,
@@ -43,10 +42,15 @@ MAX_QUERY_WORDS = 64
 """Most distinct words in ``q``: each is a clause of the engine query (docs/relevance.md)."""
 
 
+RequestMatching = Literal["ranked", "all", "last"]
+"""``matching`` of a search request: the backends' rules (``Matching``), and ``last``, which this
+service runs over ``all`` (:meth:`SearchService.search`; docs/relevance.md)."""
+
+
 @dataclass(frozen=True)
 class SearchRequest:
     q: str
-    matching: Matching
+    matching: RequestMatching
     filter: Any
     sort: Any
     facets: list[str]
@@ -60,6 +64,8 @@ class SearchRequest:
 class SearchPage:
     result: SearchResult
     next_cursor: str | None
+    dropped_words: tuple[str, ...] = ()
+    """Words of ``q`` the ``last`` rule left out to find any document."""
 
 
 def _digest(request: SearchRequest) -> str:
@@ -77,22 +83,30 @@ def _digest(request: SearchRequest) -> str:
     return hashlib.sha256(shape).hexdigest()[:24]
 
 
-def encode_cursor(request: SearchRequest, token: str) -> str:
-    raw = orjson.dumps({"d": _digest(request), "t": token})
+def encode_cursor(request: SearchRequest, token: str, kept: int | None = None) -> str:
+    """The client's cursor: the backend's ``token``, the request's digest and, for ``last``,
+    how many of the words the first page kept (the next pages search for the same words)."""
+    cursor: dict[str, object] = {"d": _digest(request), "t": token}
+    if kept is not None:
+        cursor["k"] = kept
+    raw = orjson.dumps(cursor)
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def decode_cursor(request: SearchRequest) -> str | None:
+def decode_cursor(request: SearchRequest) -> tuple[str | None, int | None]:
+    """``(backend token, words kept)`` of the request's cursor; ``(None, None)`` without one."""
     if request.cursor is None:
-        return None
+        return None, None
     try:
         if len(request.cursor) > MAX_CURSOR_LENGTH:
             raise ValueError("too long")
         padded = request.cursor + "=" * (-len(request.cursor) % 4)
         raw = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        digest, token = raw["d"], raw["t"]
+        digest, token, kept = raw["d"], raw["t"], raw.get("k")
         if not isinstance(token, str):
             raise TypeError("token")
+        if kept is not None and (type(kept) is not int or not 1 <= kept <= MAX_QUERY_WORDS):
+            raise TypeError("kept")
     except (ValueError, TypeError, KeyError, binascii.Error, UnicodeEncodeError) as exc:
         raise InvalidCursor("the cursor is malformed") from exc
     if digest != _digest(request):
@@ -100,7 +114,7 @@ def decode_cursor(request: SearchRequest) -> str | None:
             "the cursor belongs to another query; send the same q, filter, sort "
             "and facets as for the first page"
         )
-    return token
+    return token, kept
 
 
 def tenant_namespace(tenant: str) -> str:
@@ -121,6 +135,7 @@ def render(page: SearchPage) -> bytes:
             "total": page.result.total,
             "facets": page.result.facets,
             "next_cursor": page.next_cursor,
+            **({"dropped_words": list(page.dropped_words)} if page.dropped_words else {}),
         }
     )
 
@@ -210,10 +225,11 @@ class SearchService:
         """One page of results; ``mandatory`` (a tenant token's filter) restricts hits, totals
         and facets alike."""
         schema = collection.schema
-        words = len(query_words(request.q))
-        if words > MAX_QUERY_WORDS:
+        words = query_words(request.q)
+        after, kept_before = decode_cursor(request)
+        if len(words) > MAX_QUERY_WORDS:
             raise InvalidInput(
-                f"q holds {words} distinct words; at most {MAX_QUERY_WORDS} are searched for",
+                f"q holds {len(words)} distinct words; at most {MAX_QUERY_WORDS} are searched for",
                 code="too_many_words",
                 errors=[FieldError("/q", f"at most {MAX_QUERY_WORDS} distinct words")],
             )
@@ -223,19 +239,37 @@ class SearchService:
             )
             query = SearchQuery(
                 text=request.q,
-                matching=request.matching,
+                matching="ranked" if request.matching == "ranked" else "all",
                 filter=combine(mandatory_filter(collection, mandatory), user_filter),
                 sort=parse_sort(schema, request.sort),
                 facets=parse_facets(schema, request.facets),
                 facet_size=request.facet_size,
                 limit=request.limit,
-                after=decode_cursor(request),
+                after=after,
                 highlight=request.highlight,
             )
         except FilterErrors as exc:
             raise InvalidInput(
                 "the search request is not valid", errors=exc.errors, code="invalid_query"
             ) from exc
-        result = await self._backend.search(ref_of(collection), query)
-        next_cursor = encode_cursor(request, result.next_after) if result.next_after else None
-        return SearchPage(result=result, next_cursor=next_cursor)
+        ref = ref_of(collection)
+        kept = len(words)
+        if request.matching == "last" and kept_before is not None:
+            kept = min(kept_before, kept)  # the words the first page kept
+            query = replace(query, text=" ".join(words[:kept]))
+        result = await self._backend.search(ref, query)
+        if request.matching == "last":
+            # Every word, then without the last, and so on, until some document matches: the
+            # words dropped are reported, and the cursor keeps them for the next pages.
+            while result.total == 0 and kept > 1 and after is None:
+                kept -= 1
+                result = await self._backend.search(
+                    ref, replace(query, text=" ".join(words[:kept]))
+                )
+        next_cursor = (
+            encode_cursor(request, result.next_after, kept if request.matching == "last" else None)
+            if result.next_after
+            else None
+        )
+        dropped = tuple(words[kept:]) if result.total else ()
+        return SearchPage(result=result, next_cursor=next_cursor, dropped_words=dropped)
