@@ -208,6 +208,30 @@ async def test_last_drops_words_from_the_end_until_something_matches(api: Api) -
     assert sorted(seen) == ["1", "2", "4"]
 
 
+async def test_frequency_drops_words_no_document_holds_then_the_most_common(api: Api) -> None:
+    _, auth = await api.tenant()
+    await api.collection(auth, "c")
+    await api.index(auth, "c", DOCS)
+    # fox is in three documents, dog in one, zebra in none: zebra goes first, then fox.
+    r = await api.search(auth, "c", q="zebra fox dog", matching="frequency")
+    assert [h["id"] for h in r.json()["hits"]] == ["3"]
+    assert r.json()["dropped_words"] == ["zebra", "fox"]
+    r = await api.search(auth, "c", q="fox stew", matching="frequency")
+    assert [h["id"] for h in r.json()["hits"]] == ["4"]
+    assert "dropped_words" not in r.json()
+    seen: list[str] = []
+    cursor = None
+    while True:
+        r = await api.search(auth, "c", q="fox zebra", matching="frequency", limit=1, cursor=cursor)
+        assert r.status_code == 200, r.text
+        assert r.json()["dropped_words"] == ["zebra"]
+        seen += [h["id"] for h in r.json()["hits"]]
+        cursor = r.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == ["1", "2", "4"]
+
+
 async def test_a_matching_rule_that_does_not_exist_is_refused(api: Api) -> None:
     _, auth = await api.tenant()
     await api.collection(auth, "c")

@@ -201,12 +201,13 @@ class TaskList(BaseModel):
 
 class SearchBody(Strict):
     q: Annotated[str, Field(max_length=1000)] = ""
-    matching: Literal["ranked", "all", "last"] = Field(
+    matching: Literal["ranked", "all", "last", "frequency"] = Field(
         default="ranked",
         description="Which documents the words of q select: ranked (default), every document "
         "matching at least one word, those matching more of the words (and rarer ones) first; "
         "all, only documents matching every word; last, every word, and while nothing matches, "
-        "the words without the last one (the answer's dropped_words lists those left out; "
+        "the words without the last one; frequency, every word, and while nothing matches, "
+        "without the most common one (the answer's dropped_words lists those left out; "
         "docs/relevance.md).",
     )
     filter: dict[str, Any] | None = Field(
@@ -238,8 +239,8 @@ class SearchOut(BaseModel):
     next_cursor: str | None
     dropped_words: list[str] | None = Field(
         default=None,
-        description='With "matching": "last": the words of q left out to find any document, '
-        "in the order of q; absent when none was.",
+        description='With "matching": "last" or "frequency": the words of q left out to find '
+        "any document, in the order of q; absent when none was.",
     )
 
 

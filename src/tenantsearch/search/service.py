@@ -7,11 +7,12 @@ query it belongs to, so a cursor replayed with another query (or tampered with) 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ from tenantsearch.errors import FieldError, Forbidden, InvalidInput
 from tenantsearch.observability.metrics import Metrics
 from tenantsearch.search.collections import ref_of
 from tenantsearch.search.opensearch_query import query_words
-from tenantsearch.search.port import InvalidCursor, SearchBackend
+from tenantsearch.search.port import CollectionRef, InvalidCursor, SearchBackend
 from tenantsearch.search.query import (
     And,
     Filter,
@@ -42,7 +43,7 @@ MAX_QUERY_WORDS = 64
 """Most distinct words in ``q``: each is a clause of the engine query (docs/relevance.md)."""
 
 
-RequestMatching = Literal["ranked", "all", "last"]
+RequestMatching = Literal["ranked", "all", "last", "frequency"]
 """``matching`` of a search request: the backends' rules (``Matching``), and ``last``, which this
 service runs over ``all`` (:meth:`SearchService.search`; docs/relevance.md)."""
 
@@ -83,18 +84,20 @@ def _digest(request: SearchRequest) -> str:
     return hashlib.sha256(shape).hexdigest()[:24]
 
 
-def encode_cursor(request: SearchRequest, token: str, kept: int | None = None) -> str:
-    """The client's cursor: the backend's ``token``, the request's digest and, for ``last``,
-    how many of the words the first page kept (the next pages search for the same words)."""
+def encode_cursor(request: SearchRequest, token: str, kept: Sequence[int] | None = None) -> str:
+    """The client's cursor: the backend's ``token``, the request's digest and, for ``last`` and
+    ``frequency``, the positions of the words the first page kept (the next pages search for the
+    same words)."""
     cursor: dict[str, object] = {"d": _digest(request), "t": token}
     if kept is not None:
-        cursor["k"] = kept
+        cursor["w"] = list(kept)
     raw = orjson.dumps(cursor)
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def decode_cursor(request: SearchRequest) -> tuple[str | None, int | None]:
-    """``(backend token, words kept)`` of the request's cursor; ``(None, None)`` without one."""
+def decode_cursor(request: SearchRequest) -> tuple[str | None, list[int] | None]:
+    """``(backend token, positions of the words kept)`` of the request's cursor; ``(None,
+    None)`` without one."""
     if request.cursor is None:
         return None, None
     try:
@@ -102,10 +105,14 @@ def decode_cursor(request: SearchRequest) -> tuple[str | None, int | None]:
             raise ValueError("too long")
         padded = request.cursor + "=" * (-len(request.cursor) % 4)
         raw = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        digest, token, kept = raw["d"], raw["t"], raw.get("k")
+        digest, token, kept = raw["d"], raw["t"], raw.get("w")
         if not isinstance(token, str):
             raise TypeError("token")
-        if kept is not None and (type(kept) is not int or not 1 <= kept <= MAX_QUERY_WORDS):
+        if kept is not None and (
+            not isinstance(kept, list)
+            or len(kept) > MAX_QUERY_WORDS
+            or not all(type(i) is int and 0 <= i < MAX_QUERY_WORDS for i in kept)
+        ):
             raise TypeError("kept")
     except (ValueError, TypeError, KeyError, binascii.Error, UnicodeEncodeError) as exc:
         raise InvalidCursor("the cursor is malformed") from exc
@@ -115,6 +122,10 @@ def decode_cursor(request: SearchRequest) -> tuple[str | None, int | None]:
             "and facets as for the first page"
         )
     return token, kept
+
+
+def _words_at(words: Sequence[str], positions: Sequence[int]) -> str:
+    return " ".join(words[i] for i in sorted(positions))
 
 
 def tenant_namespace(tenant: str) -> str:
@@ -253,23 +264,51 @@ class SearchService:
                 "the search request is not valid", errors=exc.errors, code="invalid_query"
             ) from exc
         ref = ref_of(collection)
-        kept = len(words)
-        if request.matching == "last" and kept_before is not None:
-            kept = min(kept_before, kept)  # the words the first page kept
-            query = replace(query, text=" ".join(words[:kept]))
+        dropping = request.matching in ("last", "frequency")
+        kept = list(range(len(words)))
+        if dropping and kept_before is not None:
+            kept = [i for i in kept_before if i < len(words)]  # the words the first page kept
+            query = replace(query, text=_words_at(words, kept))
         result = await self._backend.search(ref, query)
-        if request.matching == "last":
-            # Every word, then without the last, and so on, until some document matches: the
-            # words dropped are reported, and the cursor keeps them for the next pages.
-            while result.total == 0 and kept > 1 and after is None:
-                kept -= 1
+        if dropping and result.total == 0 and len(kept) > 1 and after is None:
+            # Drop words, one at a time, until some document matches: the words dropped are
+            # reported, and the cursor keeps the rest for the next pages.
+            order = (
+                kept[::-1]
+                if request.matching == "last"
+                else await self._by_frequency(ref, query, words)
+            )
+            for i in order[:-1]:
+                kept.remove(i)
                 result = await self._backend.search(
-                    ref, replace(query, text=" ".join(words[:kept]))
+                    ref, replace(query, text=_words_at(words, kept))
                 )
+                if result.total:
+                    break
         next_cursor = (
-            encode_cursor(request, result.next_after, kept if request.matching == "last" else None)
+            encode_cursor(request, result.next_after, kept if dropping else None)
             if result.next_after
             else None
         )
-        dropped = tuple(words[kept:]) if result.total else ()
+        dropped = tuple(w for i, w in enumerate(words) if i not in kept) if result.total else ()
         return SearchPage(result=result, next_cursor=next_cursor, dropped_words=dropped)
+
+    async def _by_frequency(
+        self, ref: CollectionRef, query: SearchQuery, words: Sequence[str]
+    ) -> list[int]:
+        """Positions of ``words`` in the order ``frequency`` drops them: words no candidate holds
+        first (while one is left, nothing can match), then the most common ones; ties from the
+        end of ``q``. One count per word (a search of one page of 0 hits, no facets)."""
+        counts = await asyncio.gather(
+            *(
+                self._backend.search(
+                    ref,
+                    replace(
+                        query, text=word, limit=0, facets=(), highlight=False, sort=(), after=None
+                    ),
+                )
+                for word in words
+            )
+        )
+        totals = [c.total for c in counts]
+        return sorted(range(len(words)), key=lambda i: (totals[i] != 0, -totals[i], -i))
