@@ -36,6 +36,13 @@ def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postg
 
 
 @pytest.fixture
+def durable_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """A PostgreSQL server of the test's own whose commits survive a SIGKILL of the server."""
+    with postgres(tmp_path_factory.mktemp("pg"), durable=True) as server:
+        yield server
+
+
+@pytest.fixture
 def make_stack(
     tmp_path: Path, opensearch_url: str, rabbitmq_url: str, database_url: str
 ) -> Iterator[StackFactory]:

@@ -1,6 +1,7 @@
 """M1: reads go on through a metadata-database outage; writes fail cleanly and resume.
 
-A stack (one ``api``, one ``indexer``) on a PostgreSQL server of the test's own. Three tenants
+A stack (one ``api``, one ``indexer``) on a PostgreSQL server of the test's own (durable: the keys
+made just before the kill must survive it, as in production). Three tenants
 search and read their documents by id, with keys they used before, while PostgreSQL is
 SIGKILLed and kept down for ``M1_DOWN_SECONDS`` (far past the caches' 1 s refresh): every read
 answers 200 with the tenant's own documents (served from the last verified metadata, within
@@ -42,12 +43,12 @@ def metric(text: str, name: str) -> float:
 
 
 async def test_m1_reads_answer_through_a_database_outage_and_writes_resume(
-    tmp_path: Path, opensearch_url: str, rabbitmq_url: str, private_postgres: Postgres
+    tmp_path: Path, opensearch_url: str, rabbitmq_url: str, durable_postgres: Postgres
 ) -> None:
     config = StackConfig(
         opensearch_url,
         rabbitmq_url,
-        private_postgres.url,
+        durable_postgres.url,
         env={"TENANTSEARCH_METADATA_STALE_SECONDS": "300"},
     )
     with Stack(tmp_path, config) as stack:
@@ -84,7 +85,7 @@ async def test_m1_reads_answer_through_a_database_outage_and_writes_resume(
             reads = 0
             degraded: dict[str, Any] = {}
             stale_age = 0.0
-            await asyncio.to_thread(private_postgres.kill)
+            await asyncio.to_thread(durable_postgres.kill)
             down_at = time.monotonic()
             try:
                 while time.monotonic() - down_at < M1_DOWN_SECONDS:
@@ -109,7 +110,7 @@ async def test_m1_reads_answer_through_a_database_outage_and_writes_resume(
                         stale_age = metric(r.text, "tenantsearch_metadata_stale_seconds")
                     await asyncio.sleep(0.2)
             finally:
-                await asyncio.to_thread(private_postgres.start)
+                await asyncio.to_thread(durable_postgres.start)
             back_at = time.monotonic()
             assert reads >= TENANTS * 50, reads
             # Seen during the outage: ready for reads, degraded, serving metadata this old.

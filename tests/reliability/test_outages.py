@@ -54,7 +54,7 @@ from tests.reliability.test_ingestion import (
     new_tenant,
 )
 from tests.support.opensearch_node import OpenSearchNode, start_node
-from tests.support.services import Postgres, RabbitMq, postgres, rabbitmq
+from tests.support.services import Postgres, RabbitMq, rabbitmq
 from tests.support.stack import Stack, StackConfig, TenantsearchProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
@@ -464,13 +464,6 @@ async def test_o4_an_api_started_before_its_database_and_engine_waits_for_them(
 O5_STEP = 60
 """Writes accepted, and documents indexed, between one kill and the next: the pipeline works
 again before the next component goes."""
-
-
-@pytest.fixture
-def durable_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
-    """A PostgreSQL server of the test's own whose commits survive a SIGKILL of the server."""
-    with postgres(tmp_path_factory.mktemp("pg"), durable=True) as server:
-        yield server
 
 
 @pytest.fixture
