@@ -44,8 +44,9 @@ MAX_QUERY_WORDS = 64
 
 
 RequestMatching = Literal["ranked", "all", "last", "frequency"]
-"""``matching`` of a search request: the backends' rules (``Matching``), and ``last``, which this
-service runs over ``all`` (:meth:`SearchService.search`; docs/relevance.md)."""
+"""``matching`` of a search request: the backends' rules (``Matching``), and ``last`` and
+``frequency``, which this service runs over ``all`` (:meth:`SearchService.search`;
+docs/relevance.md)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class SearchPage:
     result: SearchResult
     next_cursor: str | None
     dropped_words: tuple[str, ...] = ()
-    """Words of ``q`` the ``last`` rule left out to find any document."""
+    """Words of ``q`` the ``last`` or ``frequency`` rule left out to find any document."""
 
 
 def _digest(request: SearchRequest) -> str:
