@@ -126,7 +126,7 @@ def build_queue(settings: Settings, *, consumer: bool, engine: AsyncEngine) -> Q
                 prefetch=settings.rabbitmq_prefetch,
                 publish_timeout=settings.rabbitmq_publish_timeout_seconds,
                 # Fault injection for reliability tests only; unset in production.
-                failpoint=failpoints.chosen(frozenset({"after_ledger_write"})),
+                failpoint=failpoints.chosen(failpoints.QUEUE_POINTS),
             )
 
 
@@ -308,7 +308,7 @@ def create_app(
                 settle_seconds=min(10.0, settings.publish_lease_seconds),
                 sweep_seconds=settings.publish_sweep_seconds,
             ),
-            failpoint=failpoints.chosen(failpoints.API_POINTS),
+            failpoint=failpoints.chosen(failpoints.PUBLISHER_POINTS),
         )
         sweeper = asyncio.create_task(publisher.run_sweeper(), name="publish-sweeper")
         collections_service = CollectionService(store, backend, publisher, stale=stale)

@@ -19,11 +19,13 @@ log = structlog.get_logger(__name__)
 INDEXER_POINTS = frozenset({"after_apply_before_ack"})
 """Points in the indexer (``tenantsearch.ingest.indexer``)."""
 
-API_POINTS = frozenset({"after_task_commit", "after_ledger_write", "after_publish_before_record"})
-"""Points in an API process's publishing of a task, in their order: the task and its message are
-committed (``tenantsearch.ingest.outbox``); the RabbitMQ adapter recorded the message in its
-backlog ledger (``tenantsearch.queue.rabbitmq``); the broker confirmed it, before the outbox row
-is deleted."""
+PUBLISHER_POINTS = frozenset({"after_task_commit", "after_publish_before_record"})
+"""Points in an API process's publishing of a task (``tenantsearch.ingest.outbox``): the task and
+its message are committed; the queue confirmed the message, before the outbox row is deleted."""
+QUEUE_POINTS = frozenset({"after_ledger_write"})
+"""Points in the RabbitMQ adapter's publish (``tenantsearch.queue.rabbitmq``), between the two
+above: the message is recorded in the backlog ledger, before the broker publish."""
+API_POINTS = PUBLISHER_POINTS | QUEUE_POINTS
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> str | None:

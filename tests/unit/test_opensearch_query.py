@@ -35,11 +35,10 @@ from tenantsearch.search.opensearch_query import (
     encode_cursor,
     filter_query,
     query_digest,
-    query_words,
     text_query,
 )
 from tenantsearch.search.port import InvalidCursor
-from tenantsearch.search.query import SearchQuery, SortKey, parse_filter
+from tenantsearch.search.query import SearchQuery, SortKey, parse_filter, query_words
 from tenantsearch.search.schema import LANGUAGES, FieldSpec, FieldType, parse_schema
 
 SCHEMA = parse_schema(

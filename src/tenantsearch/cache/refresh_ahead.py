@@ -209,8 +209,7 @@ class RefreshAheadCache(Generic[K, V]):
         else:
             self._failed_at = None
             if value is None:
-                if epoch == self._epoch:
-                    self._entries.pop(key, None)  # gone: no stale copy may be served either
+                self._entries.pop(key, None)  # gone: stop serving it, stale or not
             elif epoch == self._epoch:
                 self.put(key, value)
             future.set_result(value)
@@ -224,12 +223,9 @@ class RefreshAheadCache(Generic[K, V]):
 
         async def refresh() -> None:
             try:
-                value = await self._run(key, load, future, epoch)
-            except Exception as exc:  # noqa: BLE001 - the entry expires; a request then retries
+                await self._run(key, load, future, epoch)
+            except Exception as exc:  # noqa: BLE001 - the entry ages; a request then loads again
                 log.warning("cache_refresh_failed", error_type=type(exc).__name__)
-                return
-            if value is None:
-                self._entries.pop(key, None)  # gone: stop serving it
 
         task = asyncio.get_running_loop().create_task(refresh())
         self._background.add(task)

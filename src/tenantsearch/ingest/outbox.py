@@ -141,8 +141,7 @@ class TaskPublisher:
             if left <= 0:
                 raise EarlierRequestPending(
                     "an earlier request with this Idempotency-Key is still being queued; "
-                    "send it again shortly",
-                    headers={"Retry-After": "1"},
+                    "send it again shortly"
                 )
             wait = min(delay, left, (pending.lease_until - now).total_seconds())
             await asyncio.sleep(max(wait, 0.005))

@@ -73,8 +73,6 @@ SLOTS_OBJECT = "f"
 MAX_TOKEN_CHARS = 39
 """Longer tokens are dropped at indexing (the embedded engine drops tokens of 40 bytes or more;
 OpenSearch's ``length`` filter counts characters, so the two agree for ASCII words)."""
-MAX_QUERY_WORD_BYTES = 40
-"""Query words of this many UTF-8 bytes or more are ignored, as in the embedded engine."""
 
 SNOWBALL: Mapping[str, str] = {
     **{code: name.capitalize() for code, name in LANGUAGES.items()},

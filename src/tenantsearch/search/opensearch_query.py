@@ -22,7 +22,6 @@ import base64
 import binascii
 import hashlib
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,14 +34,24 @@ from tenantsearch.search.opensearch_mapping import (
     COLLECTION_FIELD,
     DELETED_FIELD,
     DOC_ID_FIELD,
-    MAX_QUERY_WORD_BYTES,
     SOURCE_OBJECT,
     TENANT_FIELD,
     engine_value,
     unmapped_type,
 )
 from tenantsearch.search.port import InvalidCursor
-from tenantsearch.search.query import And, Eq, Filter, In, Matching, Not, Or, Range, SearchQuery
+from tenantsearch.search.query import (
+    And,
+    Eq,
+    Filter,
+    In,
+    Matching,
+    Not,
+    Or,
+    Range,
+    SearchQuery,
+    query_words,
+)
 from tenantsearch.search.schema import (
     DOCUMENT_ID_RE,
     FILTERABLE,
@@ -60,7 +69,6 @@ HIGHLIGHT_MAX_ANALYZED_CHARS = 1_000_000
 """Highlighting looks at this many characters of a value (beyond: not highlighted, no error)."""
 _CURSOR_VERSION = 1
 _MAX_CURSOR_CHARS = 2048
-_WORD_RE = re.compile(r"[^\W_]+")
 _NUMERIC = frozenset({FieldType.INTEGER, FieldType.FLOAT, FieldType.DATE})
 _KEYWORD = frozenset({FieldType.KEYWORD})
 
@@ -91,16 +99,6 @@ def live_query(scope: Scope, *extra_filters: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- text --------------------------------------------------------------------------------------
-
-
-def query_words(text: str) -> list[str]:
-    """Distinct words of free text, the way the index tokenizer splits (runs of letters and
-    digits); words too long to have been indexed are left out, as in the embedded engine."""
-    words: dict[str, None] = {}
-    for word in _WORD_RE.findall(text):
-        if len(word.encode()) < MAX_QUERY_WORD_BYTES:
-            words.setdefault(word, None)
-    return list(words)
 
 
 def text_query(

@@ -7,6 +7,7 @@ Values in the model are already typed for their field (see :func:`schema.coerce_
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -14,9 +15,24 @@ from typing import Any, Literal
 from tenantsearch.errors import FieldError
 from tenantsearch.search.schema import FILTERABLE, CollectionSchema, FieldType, coerce_value
 
+MAX_QUERY_WORD_BYTES = 40
+"""Query words of this many UTF-8 bytes or more are ignored: no engine indexed them (the embedded
+engine drops tokens of 40 bytes or more, OpenSearch's mapping as many characters)."""
+_WORD_RE = re.compile(r"[^\W_]+")
+
 MAX_FILTER_DEPTH = 8
 MAX_FILTER_CLAUSES = 256
 MAX_IN_VALUES = 1024
+
+
+def query_words(text: str) -> list[str]:
+    """Distinct words of free text, the way the index tokenizer splits (runs of letters and
+    digits); words too long to have been indexed are left out, as in the embedded engine."""
+    words: dict[str, None] = {}
+    for word in _WORD_RE.findall(text):
+        if len(word.encode()) < MAX_QUERY_WORD_BYTES:
+            words.setdefault(word, None)
+    return list(words)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from tenantsearch.cache.port import Cache, CacheUnavailable
 from tenantsearch.errors import FieldError, Forbidden, InvalidInput
 from tenantsearch.observability.metrics import Metrics
 from tenantsearch.search.collections import ref_of
-from tenantsearch.search.opensearch_query import query_words
 from tenantsearch.search.port import CollectionRef, InvalidCursor, SearchBackend
 from tenantsearch.search.query import (
     And,
@@ -35,6 +34,7 @@ from tenantsearch.search.query import (
     parse_facets,
     parse_filter,
     parse_sort,
+    query_words,
 )
 from tenantsearch.store.records import Collection
 
